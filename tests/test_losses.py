@@ -1,0 +1,132 @@
+"""Loss terms against closed forms, hand-computed values and a PyTorch-style reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import losses
+
+
+def torch_style_bce(probabilities, targets):
+    """PyTorch's binary_cross_entropy(p, x, reduction='sum') per row, in float64 numpy
+    (it clamps each log at -100)."""
+    p = np.asarray(probabilities, np.float64)
+    x = np.asarray(targets, np.float64)
+    log_p = np.maximum(np.log(p), -100.0)
+    log_not_p = np.maximum(np.log1p(-p), -100.0)
+    return -np.sum(x * log_p + (1 - x) * log_not_p, axis=-1)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_bernoulli_nll_equals_sigmoid_then_bce(binary):
+    rng = np.random.default_rng(0)
+    logits = rng.uniform(-12.0, 12.0, (8, 784)).astype(np.float32)
+    targets = rng.uniform(0.0, 1.0, (8, 784)).astype(np.float32)
+    if binary:
+        targets = (targets > 0.5).astype(np.float32)
+    expected = torch_style_bce(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), targets)
+    got = jax.jit(losses.bernoulli_nll)(logits, targets)
+    assert got.shape == (8,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_bernoulli_nll_known_values():
+    # Logit 0 is p = 1/2: log 2 nats per pixel whatever the target.
+    np.testing.assert_allclose(
+        losses.bernoulli_nll(jnp.zeros((2, 10)), jnp.array([[0.0] * 10, [0.3] * 10])),
+        [10 * np.log(2.0)] * 2,
+        rtol=1e-6,
+    )
+    # Logit l against target 1: softplus(-l) = log(1 + e^-l).
+    np.testing.assert_allclose(
+        losses.bernoulli_nll(jnp.array([[2.0, -3.0]]), jnp.array([[1.0, 1.0]])),
+        [np.log1p(np.exp(-2.0)) + np.log1p(np.exp(3.0))],
+        rtol=1e-6,
+    )
+
+
+def test_bernoulli_nll_finite_and_exact_at_extreme_logits():
+    logits = jnp.array([[1e4, -1e4, 1e4, -1e4]])
+    targets = jnp.array([[1.0, 0.0, 0.0, 1.0]])
+    value = losses.bernoulli_nll(logits, targets)
+    # Right answers cost nothing; confidently wrong ones cost |logit| nats each.
+    np.testing.assert_allclose(value, [2e4], rtol=1e-6)
+    grads = jax.grad(lambda x: losses.bernoulli_nll(x, targets).sum())(logits)
+    assert np.all(np.isfinite(grads))
+    # d/dl = sigmoid(l) - x.
+    np.testing.assert_allclose(grads, [[0.0, 0.0, 1.0, -1.0]], atol=1e-6)
+
+
+def test_gaussian_nll_closed_form():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4, 20)).astype(np.float32)
+    images = rng.uniform(size=(4, 20)).astype(np.float32)
+    scale = 0.3
+    mean = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    expected = np.sum(
+        0.5 * ((images - mean) / scale) ** 2 + np.log(scale) + 0.5 * np.log(2 * np.pi), axis=-1
+    )
+    np.testing.assert_allclose(losses.gaussian_nll(logits, images, scale), expected, rtol=1e-5)
+    assert np.all(np.isfinite(losses.gaussian_nll(jnp.full((1, 3), 1e4), jnp.ones((1, 3)))))
+
+
+def test_laplace_nll_closed_form():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(4, 20)).astype(np.float32)
+    images = rng.uniform(size=(4, 20)).astype(np.float32)
+    scale = 0.2
+    mean = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    expected = np.sum(np.abs(images - mean) / scale + np.log(2 * scale), axis=-1)
+    np.testing.assert_allclose(losses.laplace_nll(logits, images, scale), expected, rtol=1e-5)
+
+
+def test_reconstruction_nll_dispatches_and_rejects_unknown():
+    logits, images = jnp.ones((2, 5)), jnp.full((2, 5), 0.5)
+    np.testing.assert_array_equal(
+        losses.reconstruction_nll(logits, images, "laplace", 0.5),
+        losses.laplace_nll(logits, images, 0.5),
+    )
+    with pytest.raises(ValueError, match="unknown reconstruction"):
+        losses.reconstruction_nll(logits, images, "poisson")
+
+
+def test_kl_is_zero_at_standard_normal_and_matches_closed_form():
+    np.testing.assert_array_equal(
+        losses.kl_to_standard_normal(jnp.zeros((3, 7)), jnp.zeros((3, 7))), 0.0
+    )
+    # One dimension with mean 1, variance e: 0.5 * (e + 1 - 1 - 1) = 0.5 * (e - 1).
+    np.testing.assert_allclose(
+        losses.kl_to_standard_normal(jnp.array([[1.0]]), jnp.array([[1.0]])),
+        [0.5 * (np.e - 1)],
+        rtol=1e-6,
+    )
+
+
+def test_kl_matches_monte_carlo():
+    mean = jnp.array([[0.5, -1.0, 2.0]])
+    logvar = jnp.array([[0.3, -0.7, 0.1]])
+    num_draws = 400_000
+    std = jnp.exp(0.5 * logvar)
+    z = mean + std * jax.random.normal(jax.random.key(0), (num_draws, 3))
+    # log q(z) - log p(z) per draw, summed over dimensions.
+    log_ratio = jnp.sum(
+        -0.5 * jnp.square((z - mean) / std) - 0.5 * logvar + 0.5 * jnp.square(z), axis=-1
+    )
+    estimate = float(jnp.mean(log_ratio))
+    standard_error = float(jnp.std(log_ratio)) / np.sqrt(num_draws)
+    exact = float(losses.kl_to_standard_normal(mean, logvar)[0])
+    assert abs(estimate - exact) < 4 * standard_error
+
+
+def test_negative_elbo_terms():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(5, 30)).astype(np.float32)
+    images = (rng.uniform(size=(5, 30)) > 0.5).astype(np.float32)
+    mean = rng.normal(size=(5, 4)).astype(np.float32)
+    logvar = rng.normal(size=(5, 4)).astype(np.float32)
+    terms = losses.negative_elbo(logits, images, mean, logvar, beta=2.5)
+    np.testing.assert_allclose(terms.recon, losses.bernoulli_nll(logits, images))
+    np.testing.assert_allclose(terms.kl, losses.kl_to_standard_normal(mean, logvar))
+    np.testing.assert_allclose(terms.loss, terms.recon + 2.5 * terms.kl, rtol=1e-6)
+    assert terms.loss.shape == (5,)

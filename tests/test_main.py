@@ -1,0 +1,154 @@
+"""The command line end to end, in a subprocess, on a small slice of real MNIST."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import flax
+import jax
+import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
+import pytest
+
+from vae_jax.models import VAE
+from vae_jax.train import OUTPUTS
+
+QUICK = ["--num_train=600", "--batch_size=128", "--epochs=2", "--latent=4", "--hidden_sizes=32,16"]
+
+
+def run_main(*flags, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "vae_jax.main", *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tfds_dir):
+    workdir = tmp_path_factory.mktemp("run") / "w"
+    result = run_main(*QUICK, f"--data_dir={tfds_dir}", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr
+    return workdir, result
+
+
+@pytest.mark.slow
+def test_writes_every_output(finished_run):
+    workdir, result = finished_run
+    assert sorted(os.listdir(workdir)) == sorted(OUTPUTS)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        for key in (
+            "train_loss",
+            "test_loss",
+            "test_recon",
+            "test_kl",
+            "epoch_time_s",
+            "images_per_s",
+        ):
+            assert np.isfinite(record[key]), key
+        assert record["test_loss"] == pytest.approx(record["test_recon"] + record["test_kl"])
+        assert record["images_per_s"] == pytest.approx(600 / record["epoch_time_s"])
+    assert "compile_time_s" in records[0] and "compile_time_s" not in records[1]
+    # One progress line per epoch.
+    assert sum(line.startswith("epoch ") for line in result.stdout.splitlines()) == 2
+
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["num_train"] == 600 and config["hidden_sizes"] == [32, 16]
+    assert config["beta"] == 1.0 and config["seed"] == 0 and config["workdir"] == str(workdir)
+
+    model = VAE(latent=4, hidden_sizes=(32, 16))
+    template = model.init(jax.random.key(0), jnp.zeros((1, 784)), jax.random.key(0))["params"]
+    params = flax.serialization.from_bytes(template, (workdir / "params.msgpack").read_bytes())
+    assert jax.tree.structure(params) == jax.tree.structure(template)
+
+    # 8x8 grid and 2x16 grid of 28-pixel digits with 2-pixel gaps, upscaled 3 times.
+    assert matplotlib.image.imread(workdir / "samples.png").shape[:2] == (3 * 242, 3 * 242)
+    assert matplotlib.image.imread(workdir / "reconstructions.png").shape[:2] == (3 * 62, 3 * 482)
+    assert (workdir / "loss_curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_same_flags_same_numbers(finished_run, tfds_dir, tmp_path):
+    workdir, _ = finished_run
+    again = tmp_path / "again"
+    assert run_main(*QUICK, f"--data_dir={tfds_dir}", f"--workdir={again}").returncode == 0
+
+    def losses(folder):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [
+            {k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k}
+            for line in lines
+        ]
+
+    assert losses(workdir) == losses(again)
+    assert (workdir / "params.msgpack").read_bytes() == (again / "params.msgpack").read_bytes()
+
+
+@pytest.mark.slow
+def test_idx_folder_and_dynamic_binarization(idx_dir, tmp_path):
+    result = run_main(
+        *QUICK,
+        f"--data_dir={idx_dir}",
+        f"--workdir={tmp_path / 'w'}",
+        "--binarization=dynamic",
+        "--epochs=1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "IDX files in" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--beta=-1"], "--beta must be >= 0"),
+        (["--latent=0"], "--latent must be at least 1"),
+        (
+            ["--num_train=100", "--batch_size=256"],
+            "--batch_size=256 is larger than --num_train=100",
+        ),
+        (["--hidden_sizes=512,x"], "--hidden_sizes must be comma-separated integers"),
+        (["--dataset=not_a_dataset"], "--dataset=not_a_dataset is not a TFDS dataset name"),
+        (["--reconstruction=poisson"], "value should be one of"),
+    ],
+)
+def test_bad_flags_exit_nonzero_with_one_line(flags, message, tfds_dir, tmp_path):
+    result = run_main(*flags, f"--data_dir={tfds_dir}", f"--workdir={tmp_path / 'w'}")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_unwritable_workdir(tfds_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_main(f"--data_dir={tfds_dir}", f"--workdir={blocker / 'w'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "is not a writable folder" in result.stderr
+
+
+def test_missing_data_is_one_line(tmp_path):
+    result = run_main(f"--data_dir={tmp_path / 'nothing_here'}", f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "dataset mnist not found in --data_dir" in result.stderr
+
+
+def test_an_earlier_run_is_kept(tfds_dir, tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    before = hashlib.sha256((workdir / "metrics.jsonl").read_bytes()).hexdigest()
+    result = run_main(f"--data_dir={tfds_dir}", f"--workdir={workdir}")
+    assert result.returncode == 2
+    assert "already holds a run" in result.stderr and "--overwrite" in result.stderr
+    assert hashlib.sha256((workdir / "metrics.jsonl").read_bytes()).hexdigest() == before
+    assert os.listdir(workdir) == ["metrics.jsonl"]

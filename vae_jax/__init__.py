@@ -1,0 +1,36 @@
+"""vae_jax: the MNIST variational autoencoder as pure JAX/Flax functions.
+
+Where things are: models.py (Encoder, Decoder, VAE, reparameterize), losses.py
+(per-example loss terms), data.py (TFDS and IDX readers), train.py (train_step,
+train_epoch, train_and_evaluate), evaluate.py (test ELBO), plots.py, config.py.
+"""
+
+from vae_jax.config import Config
+from vae_jax.errors import InputError
+from vae_jax.losses import (
+    bernoulli_nll,
+    gaussian_nll,
+    kl_to_standard_normal,
+    laplace_nll,
+    negative_elbo,
+)
+from vae_jax.models import VAE, Decoder, Encoder, reparameterize
+from vae_jax.train import create_train_state, train_and_evaluate, train_epoch, train_step
+
+__all__ = [
+    "VAE",
+    "Config",
+    "Decoder",
+    "Encoder",
+    "InputError",
+    "bernoulli_nll",
+    "create_train_state",
+    "gaussian_nll",
+    "kl_to_standard_normal",
+    "laplace_nll",
+    "negative_elbo",
+    "reparameterize",
+    "train_and_evaluate",
+    "train_epoch",
+    "train_step",
+]

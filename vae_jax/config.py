@@ -1,0 +1,134 @@
+"""Every setting of a run, in one frozen dataclass.
+
+`vae_jax.main` defines one command-line flag per field (its help is the field's
+`help` metadata), so a setting is declared once, here. Library functions take a
+`Config` or plain arguments and never read flags.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any
+
+from vae_jax.errors import InputError
+from vae_jax.losses import RECONSTRUCTIONS
+
+BINARIZATIONS = ("none", "dynamic")
+
+
+def _field(default, help: str, **metadata):
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A run's settings; `validate()` checks them before any work starts."""
+
+    # Model.
+    latent: int = _field(64, "Dimension of the latent z.")
+    hidden_sizes: tuple[int, ...] = _field(
+        (512, 256), "Encoder widths, comma-separated; the decoder mirrors them."
+    )
+    # Objective: recon + beta * KL.
+    beta: float = _field(1.0, "Weight of the KL term; 1 gives the ELBO.")
+    reconstruction: str = _field(
+        "bernoulli",
+        "Likelihood p(x|z): bernoulli (BCE), gaussian or laplace.",
+        choices=RECONSTRUCTIONS,
+    )
+    recon_scale: float = _field(
+        0.1, "Fixed std (gaussian) or scale (laplace) of p(x|z), in pixel units."
+    )
+    # Optimisation.
+    epochs: int = _field(20, "Passes over the training set.")
+    batch_size: int = _field(256, "Images per optimiser step.")
+    learning_rate: float = _field(1e-3, "Adam learning rate.")
+    seed: int = _field(0, "Seed of every random draw: same flags, same numbers.")
+    # Data.
+    dataset: str = _field("mnist", "TFDS dataset name, e.g. mnist or fashion_mnist.")
+    data_dir: str | None = _field(
+        None,
+        "A TFDS data dir, or a folder of the four MNIST-format IDX files. "
+        "Default: TFDS's own ($TFDS_DATA_DIR, else ~/tensorflow_datasets).",
+    )
+    binarization: str = _field(
+        "none",
+        "none keeps grayscale pixels (the reference protocol); dynamic draws binary "
+        "pixels afresh each epoch (the likelihood-benchmark protocol).",
+        choices=BINARIZATIONS,
+    )
+    num_train: int = _field(0, "Train on the first N training images only; 0 uses all.")
+    # Outputs.
+    workdir: str = _field("runs/default", "Folder for metrics, pictures, params and config.")
+    overwrite: bool = _field(False, "Replace the outputs of an earlier run in --workdir.")
+
+    def validate(self) -> "Config":
+        """Raises InputError naming the first invalid setting; returns self."""
+        checks = [
+            (self.latent >= 1, f"--latent must be at least 1, got {self.latent}"),
+            (
+                len(self.hidden_sizes) >= 1 and all(w >= 1 for w in self.hidden_sizes),
+                f"--hidden_sizes must be one or more positive widths, got {self.hidden_sizes}",
+            ),
+            (self.beta >= 0, f"--beta must be >= 0, got {self.beta}"),
+            (self.recon_scale > 0, f"--recon_scale must be > 0, got {self.recon_scale}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
+            (self.num_train >= 0, f"--num_train must be >= 0 (0 = all), got {self.num_train}"),
+            (
+                self.num_train == 0 or self.batch_size <= self.num_train,
+                f"--batch_size={self.batch_size} is larger than --num_train={self.num_train}; "
+                "lower --batch_size or raise --num_train",
+            ),
+            (bool(self.dataset), "--dataset must name a TFDS dataset, e.g. mnist"),
+            (bool(self.workdir), "--workdir must name a folder"),
+        ]
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            value = getattr(self, field.name)
+            if choices and value not in choices:
+                checks.append((False, f"--{field.name}={value} is not one of {', '.join(choices)}"))
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """A Config from a dict such as a saved config.json; unknown keys are an InputError."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InputError(f"unknown settings {unknown}; known ones are {sorted(names)}")
+    values = dict(values)
+    if "hidden_sizes" in values:
+        values["hidden_sizes"] = tuple(values["hidden_sizes"])
+    return Config(**values)
+
+
+def prepare_workdir(config: Config, outputs: tuple[str, ...]) -> None:
+    """Creates the workdir and checks it is writable and holds no earlier run.
+
+    Raises InputError, leaving any existing file untouched, when the folder cannot be
+    written or already holds one of `outputs` and `config.overwrite` is off.
+    """
+    try:
+        os.makedirs(config.workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=config.workdir):
+            pass
+    except OSError as e:
+        raise InputError(
+            f"--workdir={config.workdir} is not a writable folder ({e.strerror}); "
+            "choose another --workdir"
+        ) from None
+    existing = [name for name in outputs if os.path.exists(os.path.join(config.workdir, name))]
+    if existing and not config.overwrite:
+        raise InputError(
+            f"--workdir={config.workdir} already holds a run ({', '.join(existing)}); "
+            "choose a new --workdir or pass --overwrite"
+        )

@@ -1,0 +1,252 @@
+"""Image datasets as uint8 arrays: TFDS (without TensorFlow) or MNIST-format IDX files.
+
+Two readers give the same arrays:
+- `tfds.data_source` over a TFDS data dir prepared as array_record (no TensorFlow);
+- numpy over a folder holding the four IDX files (`train-images-idx3-ubyte[.gz]`, ...).
+Nothing is ever downloaded: missing data is an `InputError` that says where we looked.
+
+Pixels stay uint8 here ([N, pixels], flattened); `to_unit_interval` and `binarize`
+turn them into model inputs in [0, 1] on the device.
+"""
+
+import contextlib
+import gzip
+import logging
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax.errors import InputError
+
+IDX_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+# The test set is binarized once, with this seed whatever the run's seed, so every run
+# is scored on the same binary images.
+TEST_BINARIZATION_SEED = 0
+
+
+class Dataset(NamedTuple):
+    """Train and test splits, images flattened to [N, pixels] uint8, labels [N] int32."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    image_shape: tuple[int, int, int]  # (height, width, channels)
+    source: str  # where the arrays were read from, for logs
+
+
+def load_dataset(name: str, data_dir: str | None = None, num_train: int = 0) -> Dataset:
+    """Reads a dataset's train and test splits into host memory.
+
+    Args:
+      name: TFDS dataset name (`mnist`, `fashion_mnist`, ...). Ignored when `data_dir`
+        holds IDX files, which are read whatever their content.
+      data_dir: a TFDS data dir, or a folder of the four IDX files; None uses TFDS's
+        default (`$TFDS_DATA_DIR`, else ~/tensorflow_datasets).
+      num_train: keep the first `num_train` training images; 0 keeps all.
+
+    Raises:
+      InputError: the data are missing, unreadable or malformed.
+    """
+    if data_dir is not None and _find_idx_file(data_dir, IDX_FILES[("train", "images")]):
+        dataset = read_idx_dir(data_dir)
+    else:
+        dataset = read_tfds(name, data_dir, num_train)
+    if num_train:
+        if num_train > len(dataset.train_images):
+            raise InputError(
+                f"--num_train={num_train} exceeds the {len(dataset.train_images)} training "
+                f"images of {dataset.source}; lower --num_train"
+            )
+        dataset = dataset._replace(
+            train_images=dataset.train_images[:num_train],
+            train_labels=dataset.train_labels[:num_train],
+        )
+    return dataset
+
+
+# --- IDX files -----------------------------------------------------------------------
+
+
+def _find_idx_file(folder: str, stem: str) -> str | None:
+    for path in (os.path.join(folder, stem), os.path.join(folder, stem + ".gz")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads one IDX file (optionally gzipped) of unsigned bytes into an array.
+
+    Raises InputError if the file is truncated, corrupt or not uint8 IDX.
+    """
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise InputError(f"cannot read IDX file {path}: {e}; replace it with a good copy") from None
+    # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of
+    # dimensions, then each dimension as a big-endian uint32.
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise InputError(
+            f"{path} is not a uint8 IDX file (bad header); replace it with a good copy"
+        )
+    num_dims = raw[3]
+    header_size = 4 + 4 * num_dims
+    if len(raw) < header_size:
+        raise InputError(f"{path} is truncated (incomplete header); replace it with a good copy")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(num_dims))
+    expected = header_size + int(np.prod(dims))
+    if len(raw) != expected:
+        raise InputError(
+            f"{path} holds {len(raw)} bytes but its header {dims} needs {expected}: "
+            "truncated or corrupt; replace it with a good copy"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+def read_idx_dir(folder: str) -> Dataset:
+    """Reads the four MNIST-format IDX files from `folder` (plain or .gz)."""
+    arrays = {}
+    for (split, kind), stem in IDX_FILES.items():
+        path = _find_idx_file(folder, stem)
+        if path is None:
+            raise InputError(
+                f"{folder} has {IDX_FILES[('train', 'images')]} but no {stem}[.gz]; "
+                "put all four MNIST IDX files there"
+            )
+        arrays[split, kind] = read_idx(path)
+    for split in ("train", "test"):
+        images, labels = arrays[split, "images"], arrays[split, "labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise InputError(
+                f"{folder}: {split} images {images.shape} and labels {labels.shape} do not "
+                "match; expected [N, height, width] and [N]"
+            )
+    height, width = arrays["train", "images"].shape[1:]
+    return Dataset(
+        train_images=arrays["train", "images"].reshape(-1, height * width),
+        train_labels=arrays["train", "labels"].astype(np.int32),
+        test_images=arrays["test", "images"].reshape(-1, height * width),
+        test_labels=arrays["test", "labels"].astype(np.int32),
+        image_shape=(height, width, 1),
+        source=f"IDX files in {folder}",
+    )
+
+
+# --- TFDS ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_absl_warnings():
+    """TFDS warns through absl that OpenCV is absent (it decodes with PIL); hide that."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def read_tfds(name: str, data_dir: str | None, num_train: int = 0) -> Dataset:
+    """Reads `name`'s train and test splits through `tfds.data_source` (array_record).
+
+    Only the first `num_train` training records are decoded when it is non-zero. TFDS
+    keeps its own record order (shuffled when the dataset was prepared), so these are
+    not the first images of the IDX files: the same images, in another order.
+    """
+    import tensorflow_datasets as tfds  # Deferred: costs ~0.3 s and only this path needs it.
+
+    where = "--data_dir" if data_dir else "TFDS's default data dir"
+    # TFDS reads $TFDS_DATA_DIR once, at import; resolve it here so it holds per call.
+    data_dir = (
+        data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    )
+    looked_in = data_dir
+    how_to_fix = (
+        f"point --data_dir at a TFDS data dir holding {name} prepared as array_record "
+        "(or at a folder of the four MNIST IDX files), or set TFDS_DATA_DIR"
+    )
+    with _quiet_absl_warnings():
+        try:
+            sources = tfds.data_source(name, data_dir=data_dir, download=False)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise InputError(
+                f"--dataset={name} is not a TFDS dataset name; use e.g. mnist or fashion_mnist"
+            ) from None
+        except Exception:  # TFDS raises several types for "not prepared here".
+            raise InputError(
+                f"dataset {name} not found in {where} ({looked_in}); {how_to_fix}"
+            ) from None
+        if not all(split in sources for split in ("train", "test")):
+            raise InputError(f"dataset {name} not found in {where} ({looked_in}); {how_to_fix}")
+        splits = {}
+        for split in ("train", "test"):
+            source = sources[split]
+            count = min(num_train, len(source)) if split == "train" and num_train else len(source)
+            try:
+                records = source.__getitems__(range(count))
+            except Exception as e:
+                raise InputError(
+                    f"cannot read {name}/{split} from {looked_in}: {e}; "
+                    "re-prepare the dataset or use the IDX files"
+                ) from None
+            splits[split] = (
+                np.stack([r["image"] for r in records]),
+                np.asarray([r["label"] for r in records], dtype=np.int32),
+            )
+    image_shape = splits["train"][0].shape[1:]
+    if len(image_shape) != 3 or splits["train"][0].dtype != np.uint8:
+        raise InputError(
+            f"dataset {name} has images of shape {image_shape} and dtype "
+            f"{splits['train'][0].dtype}; expected uint8 [height, width, channels]"
+        )
+    num_pixels = int(np.prod(image_shape))
+    return Dataset(
+        train_images=splits["train"][0].reshape(-1, num_pixels),
+        train_labels=splits["train"][1],
+        test_images=splits["test"][0].reshape(-1, num_pixels),
+        test_labels=splits["test"][1],
+        image_shape=tuple(int(d) for d in image_shape),
+        source=f"TFDS {name} in {looked_in}",
+    )
+
+
+# --- Pixels to model inputs ----------------------------------------------------------
+
+
+def to_unit_interval(images: jax.Array) -> jax.Array:
+    """uint8 pixels [..., pixels] -> float32 in [0, 1], same shape."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def binarize(key: jax.Array, images: jax.Array) -> jax.Array:
+    """Draws binary pixels with P(1) = intensity: float32 [..., pixels] -> float32 {0, 1}.
+
+    Dynamic binarization (Salakhutdinov & Murray 2008): a fresh draw each time the key
+    changes, so each epoch sees new binary images.
+    """
+    return jax.random.bernoulli(key, images).astype(jnp.float32)
+
+
+def eval_inputs(test_images: np.ndarray, binarization: str) -> np.ndarray:
+    """The fixed float32 test inputs for a protocol: grayscale, or binarized once.
+
+    The binary test set uses `TEST_BINARIZATION_SEED` (not the run's seed), so runs
+    with different seeds are scored on the same images.
+    """
+    pixels = test_images.astype(np.float32) / 255.0
+    if binarization == "none":
+        return pixels
+    rng = np.random.default_rng(TEST_BINARIZATION_SEED)
+    return (rng.random(pixels.shape, dtype=np.float32) < pixels).astype(np.float32)

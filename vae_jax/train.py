@@ -1,0 +1,293 @@
+"""Training: the jitted step, a whole epoch as one compiled `lax.scan`, and the run.
+
+Keys: one root key per run, split once into init / train / eval / sample keys. Epoch e
+uses `fold_in(train_key, e)`, split into the shuffle key and the step root; step i of
+the epoch uses `fold_in(step_root, i)`, split into the binarization and z keys. The eval
+and sample keys are the same every epoch. So a run is a pure function of its config.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from vae_jax import data, plots
+from vae_jax.config import Config, prepare_workdir
+from vae_jax.errors import InputError
+from vae_jax.evaluate import elbo_terms
+from vae_jax.losses import negative_elbo
+from vae_jax.models import VAE, reconstruct_images, sample_images
+
+# Files a run writes in its workdir.
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+PARAMS_FILE = "params.msgpack"
+SAMPLES_FILE = "samples.png"
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+LOSS_CURVES_FILE = "loss_curves.png"
+OUTPUTS = (
+    METRICS_FILE,
+    CONFIG_FILE,
+    PARAMS_FILE,
+    SAMPLES_FILE,
+    RECONSTRUCTIONS_FILE,
+    LOSS_CURVES_FILE,
+)
+
+NUM_SAMPLES = 64  # digits in samples.png
+NUM_RECONSTRUCTIONS = 16  # test images in reconstructions.png
+
+
+def create_train_state(model: VAE, key: jax.Array, learning_rate: float) -> train_state.TrainState:
+    """Initialises the model's parameters from `key` and an Adam optimiser."""
+    init_key, z_key = jax.random.split(key)
+    dummy_images = jnp.zeros((1, model.image_size), jnp.float32)
+    params = model.init(init_key, dummy_images, z_key)["params"]
+    state = train_state.TrainState.create(
+        apply_fn=model.apply, params=params, tx=optax.adam(learning_rate)
+    )
+    # TrainState.create starts `step` as a Python int, which would make the first and
+    # later calls of a jitted step different programs: start it as the int32 it becomes.
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def loss_fn(
+    params,
+    apply_fn,
+    images: jax.Array,
+    key: jax.Array,
+    beta: float | jax.Array,
+    weights: jax.Array,
+    reconstruction: str,
+    recon_scale: float,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted batch mean of recon + beta * KL, and the means of its terms as metrics.
+
+    images: [batch, pixels]; weights: [batch], 1 for real images and 0 for padding.
+    """
+    logits, mean, logvar = apply_fn({"params": params}, images, key)
+    terms = negative_elbo(logits, images, mean, logvar, beta, reconstruction, recon_scale)
+    num_images = jnp.sum(weights)
+    metrics = {
+        name: jnp.sum(weights * value) / num_images for name, value in terms._asdict().items()
+    }
+    return metrics["loss"], metrics
+
+
+@functools.partial(
+    jax.jit, static_argnames=("reconstruction", "recon_scale"), donate_argnames=("state",)
+)
+def train_step(
+    state: train_state.TrainState,
+    images: jax.Array,
+    key: jax.Array,
+    beta: float | jax.Array = 1.0,
+    weights: jax.Array | None = None,
+    *,
+    reconstruction: str = "bernoulli",
+    recon_scale: float = 0.1,
+) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+    """One Adam step on recon + beta * KL for a batch.
+
+    Args:
+      state: parameters and optimiser state (donated: do not reuse the one passed in).
+      images: [batch, pixels] in [0, 1].
+      key: PRNG key of this step's z draws.
+      beta: weight of the KL term.
+      weights: optional [batch] 0/1 mask of the images that count (for a padded batch).
+
+    Returns:
+      The new state, and the batch means of `loss`, `recon` and `kl` in nats per image.
+    """
+    if weights is None:
+        weights = jnp.ones(images.shape[:1], jnp.float32)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(
+        state.params, state.apply_fn, images, key, beta, weights, reconstruction, recon_scale
+    )
+    return state.apply_gradients(grads=grads), metrics
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("batch_size", "binarization", "reconstruction", "recon_scale"),
+    donate_argnames=("state",),
+)
+def train_epoch(
+    state: train_state.TrainState,
+    train_images: jax.Array,
+    epoch_key: jax.Array,
+    beta: float | jax.Array = 1.0,
+    *,
+    batch_size: int = 256,
+    binarization: str = "none",
+    reconstruction: str = "bernoulli",
+    recon_scale: float = 0.1,
+) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+    """One shuffled pass over `train_images` as a single compiled loop.
+
+    Every image is used once per epoch: the last batch is padded and the padding masked
+    out, as PyTorch's DataLoader (without drop_last) would do with a short last batch.
+
+    Args:
+      train_images: [num_images, pixels] uint8, resident on the device.
+      epoch_key: this epoch's key; it fixes the order, the binarization and the z draws.
+
+    Returns:
+      The new state and the epoch means of `loss`, `recon`, `kl` (nats per image).
+    """
+    num_images = train_images.shape[0]
+    num_steps = -(-num_images // batch_size)
+    shuffle_key, step_root = jax.random.split(epoch_key)
+    order = jax.random.permutation(shuffle_key, num_images)
+    padding = num_steps * batch_size - num_images
+    batch_indices = jnp.pad(order, (0, padding)).reshape(num_steps, batch_size)
+    batch_weights = (jnp.arange(num_steps * batch_size) < num_images).astype(jnp.float32)
+    batch_weights = batch_weights.reshape(num_steps, batch_size)
+
+    def step(state, inputs):
+        step_index, indices, weights = inputs
+        binarize_key, z_key = jax.random.split(jax.random.fold_in(step_root, step_index))
+        images = data.to_unit_interval(train_images[indices])
+        if binarization == "dynamic":
+            images = data.binarize(binarize_key, images)
+        state, metrics = train_step(
+            state,
+            images,
+            z_key,
+            beta,
+            weights,
+            reconstruction=reconstruction,
+            recon_scale=recon_scale,
+        )
+        # Batch means back to sums, so the epoch mean weighs every image once.
+        return state, {name: value * jnp.sum(weights) for name, value in metrics.items()}
+
+    state, step_sums = jax.lax.scan(
+        step, state, (jnp.arange(num_steps), batch_indices, batch_weights)
+    )
+    return state, {name: jnp.sum(sums) / num_images for name, sums in step_sums.items()}
+
+
+def train_and_evaluate(config: Config) -> dict[str, Any]:
+    """Trains a VAE as `config` says, writing metrics, pictures and parameters to its workdir.
+
+    Returns the last epoch's metrics record. Raises InputError, before any training and
+    without touching an earlier run's files, when the config or data are unusable.
+    """
+    config.validate()
+    prepare_workdir(config, OUTPUTS)
+    dataset = data.load_dataset(config.dataset, config.data_dir, config.num_train)
+    num_train = len(dataset.train_images)
+    if config.batch_size > num_train:
+        raise InputError(
+            f"--batch_size={config.batch_size} is larger than the {num_train} training "
+            "images; lower --batch_size"
+        )
+    workdir = config.workdir
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json() + "\n")
+    print(
+        f"data: {dataset.source}: {num_train} train, {len(dataset.test_images)} test images "
+        f"of shape {dataset.image_shape}",
+        flush=True,
+    )
+    print(f"devices: {jax.devices()}", flush=True)
+
+    model = VAE(config.latent, config.hidden_sizes, int(np.prod(dataset.image_shape)))
+    init_key, train_key, eval_key, sample_key = jax.random.split(jax.random.key(config.seed), 4)
+    state = create_train_state(model, init_key, config.learning_rate)
+    train_images = jax.device_put(dataset.train_images)
+    test_images = jax.device_put(data.eval_inputs(dataset.test_images, config.binarization))
+    beta = jnp.float32(config.beta)
+    loss_options = dict(reconstruction=config.reconstruction, recon_scale=config.recon_scale)
+
+    # Compile ahead of time, so compilation is timed apart from training.
+    compile_start = time.perf_counter()
+    run_epoch = train_epoch.lower(
+        state,
+        train_images,
+        train_key,
+        beta,
+        batch_size=config.batch_size,
+        binarization=config.binarization,
+        **loss_options,
+    ).compile()
+    run_eval = elbo_terms.lower(
+        model, state.params, test_images, eval_key, beta, **loss_options
+    ).compile()
+    compile_time_s = time.perf_counter() - compile_start
+
+    metrics_path = os.path.join(workdir, METRICS_FILE)
+    history = []
+    with open(metrics_path, "w") as metrics_file:
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            state, train_metrics = run_epoch(
+                state, train_images, jax.random.fold_in(train_key, epoch), beta
+            )
+            train_metrics = jax.device_get(train_metrics)  # Waits for the epoch to finish.
+            epoch_time_s = time.perf_counter() - epoch_start
+            test_terms = jax.device_get(run_eval(state.params, test_images, eval_key, beta))
+            record = {
+                "epoch": epoch,
+                "train_loss": float(train_metrics["loss"]),
+                "train_recon": float(train_metrics["recon"]),
+                "train_kl": float(train_metrics["kl"]),
+                "test_loss": float(np.mean(test_terms.loss)),
+                "test_recon": float(np.mean(test_terms.recon)),
+                "test_kl": float(np.mean(test_terms.kl)),
+                "epoch_time_s": epoch_time_s,
+                "images_per_s": num_train / epoch_time_s,
+            }
+            if epoch == 1:
+                record["compile_time_s"] = compile_time_s
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            if not np.isfinite(record["train_loss"]):
+                raise InputError(
+                    f"training diverged at epoch {epoch}: train_loss={record['train_loss']}; "
+                    "lower --learning_rate"
+                )
+            history.append(record)
+            print(format_progress(record, config.epochs), flush=True)
+
+    with open(os.path.join(workdir, PARAMS_FILE), "wb") as f:
+        f.write(flax.serialization.to_bytes(state.params))
+    write_pictures(
+        model, state.params, test_images, sample_key, dataset.image_shape, history, workdir
+    )
+    print(f"wrote {', '.join(OUTPUTS)} to {workdir}", flush=True)
+    return history[-1]
+
+
+def write_pictures(model, params, test_images, sample_key, image_shape, history, workdir):
+    """samples.png, reconstructions.png and loss_curves.png in `workdir`."""
+    samples = sample_images(model, params, sample_key, NUM_SAMPLES)
+    plots.save_image_grid(samples, image_shape, os.path.join(workdir, SAMPLES_FILE))
+    originals = test_images[:NUM_RECONSTRUCTIONS]
+    plots.save_reconstructions(
+        originals,
+        reconstruct_images(model, params, originals),
+        image_shape,
+        os.path.join(workdir, RECONSTRUCTIONS_FILE),
+    )
+    plots.save_loss_curves(history, os.path.join(workdir, LOSS_CURVES_FILE))
+
+
+def format_progress(record: dict[str, Any], num_epochs: int) -> str:
+    """One console line for an epoch's metrics record."""
+    return (
+        f"epoch {record['epoch']:>3}/{num_epochs}  train {record['train_loss']:8.3f}  "
+        f"test {record['test_loss']:8.3f} (recon {record['test_recon']:.3f}, "
+        f"kl {record['test_kl']:.3f})  {record['epoch_time_s']:.3f} s  "
+        f"{record['images_per_s']:,.0f} images/s"
+    )
