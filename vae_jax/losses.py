@@ -101,3 +101,15 @@ def negative_elbo(
     recon = reconstruction_nll(logits, images, reconstruction, scale)
     kl = kl_to_standard_normal(mean, logvar)
     return ElboTerms(loss=recon + beta * kl, recon=recon, kl=kl)
+
+
+def log_normal_diag(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """log N(z | mean, diag(exp(logvar))), summed over the last axis: [...]."""
+    return -0.5 * jnp.sum(
+        jnp.square(z - mean) * jnp.exp(-logvar) + logvar + 2.0 * _HALF_LOG_2PI, axis=-1
+    )
+
+
+def log_standard_normal(z: jax.Array) -> jax.Array:
+    """log N(z | 0, I), summed over the last axis: [...]."""
+    return -0.5 * jnp.sum(jnp.square(z) + 2.0 * _HALF_LOG_2PI, axis=-1)

@@ -71,3 +71,127 @@ def save_loss_curves(history: Sequence[dict[str, Any]], path: str) -> None:
     axes.legend()
     figure.tight_layout()
     figure.savefig(path)
+
+
+# --- Pictures of the latent space (each takes a model and its params) ------------------
+
+
+def interpolate_latents(z0: np.ndarray, z1: np.ndarray, num_steps: int, spherical: bool = False):
+    """Points from z0 to z1, ends included: [latent] x 2 -> [num_steps, latent].
+
+    Linear, or spherical (slerp), which keeps the norm typical of N(0, I) samples
+    instead of cutting through the low-density centre.
+    """
+    z0, z1 = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
+    t = np.linspace(0.0, 1.0, num_steps)[:, None]
+    if not spherical:
+        return (1 - t) * z0 + t * z1
+    cos_angle = np.dot(z0, z1) / (np.linalg.norm(z0) * np.linalg.norm(z1))
+    angle = np.arccos(np.clip(cos_angle, -1.0, 1.0))
+    if angle < 1e-6:  # Parallel: slerp tends to lerp.
+        return (1 - t) * z0 + t * z1
+    return (np.sin((1 - t) * angle) * z0 + np.sin(t * angle) * z1) / np.sin(angle)
+
+
+def _decode_probabilities(model, params, z) -> np.ndarray:
+    import jax  # Deferred so the plotting of arrays needs no JAX.
+
+    from vae_jax.models import VAE
+
+    logits = model.apply({"params": params}, np.asarray(z, np.float32), method=VAE.decode)
+    return np.asarray(jax.nn.sigmoid(logits))
+
+
+def _posterior_means(model, params, images) -> np.ndarray:
+    from vae_jax.models import VAE
+
+    mean, _ = model.apply({"params": params}, np.asarray(images, np.float32), method=VAE.encode)
+    return np.asarray(mean)
+
+
+def save_interpolations(
+    model, params, starts, ends, image_shape, path, num_steps: int = 10, spherical: bool = False
+) -> None:
+    """One row per pair of images: decoded points between their posterior means."""
+    z_starts, z_ends = (
+        _posterior_means(model, params, starts),
+        _posterior_means(model, params, ends),
+    )
+    rows = [
+        interpolate_latents(a, b, num_steps, spherical)
+        for a, b in zip(z_starts, z_ends, strict=True)
+    ]
+    decoded = _decode_probabilities(model, params, np.concatenate(rows))
+    _save_mosaic(tile_images(decoded, image_shape, num_steps), path)
+
+
+def save_traversals(
+    model, params, image, dims, image_shape, path, span: float = 3.0, num_steps: int = 11
+) -> None:
+    """One row per latent dimension in `dims`: that coordinate of the image's posterior
+    mean swept over [-span, span], the others held."""
+    center = _posterior_means(model, params, np.asarray(image)[None])[0]
+    values = np.linspace(-span, span, num_steps)
+    z = np.repeat(center[None], len(dims) * num_steps, axis=0)
+    for row, dim in enumerate(dims):
+        z[row * num_steps : (row + 1) * num_steps, dim] = values
+    _save_mosaic(tile_images(_decode_probabilities(model, params, z), image_shape, num_steps), path)
+
+
+def save_manifold(model, params, image_shape, path, grid_size: int = 20) -> None:
+    """For a 2-d latent: decoded grid over the N(0, I) quantiles 0.05 .. 0.95 of each axis."""
+    from statistics import NormalDist
+
+    if model.latent != 2:
+        raise ValueError(f"the manifold picture needs a 2-d latent, got {model.latent}")
+    quantiles = [NormalDist().inv_cdf(q) for q in np.linspace(0.05, 0.95, grid_size)]
+    z = np.array([[x, y] for y in reversed(quantiles) for x in quantiles], np.float32)
+    _save_mosaic(tile_images(_decode_probabilities(model, params, z), image_shape, grid_size), path)
+
+
+def latent_projection(means: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
+    """[n, latent] -> [n, 2]: the latent itself if 2-d, else its first two principal components."""
+    means = np.asarray(means, np.float64)
+    if means.shape[1] <= 2:
+        return means, ("z_1", "z_2")
+    centered = means - means.mean(0)
+    _, _, components = np.linalg.svd(centered, full_matrices=False)
+    return centered @ components[:2].T, ("PC 1", "PC 2")
+
+
+def save_latent_scatter(model, params, images, labels, path) -> None:
+    """Posterior means of `images`, coloured by label (PCA-projected above 2 dimensions)."""
+    points, (x_label, y_label) = latent_projection(_posterior_means(model, params, images))
+    figure = Figure(figsize=(6, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7)
+    figure.colorbar(scatter, ax=axes, label="label")
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.set_title("posterior means of test images")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def save_training_curves(history: Sequence[dict[str, Any]], path: str) -> None:
+    """Train and test reconstruction, KL and total loss per epoch, in three panels."""
+    figure = Figure(figsize=(12, 3.6), dpi=100)
+    FigureCanvasAgg(figure)
+    epochs = [record["epoch"] for record in history]
+    for i, (term, title) in enumerate(
+        (("recon", "reconstruction -log p(x|z)"), ("kl", "KL(q(z|x) || p(z))"), ("loss", "total"))
+    ):
+        axes = figure.add_subplot(1, 3, i + 1)
+        for split in ("train", "test"):
+            key = f"{split}_{term}"
+            if key in history[0]:
+                axes.plot(epochs, [record[key] for record in history], marker=".", label=split)
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("nats / image")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)

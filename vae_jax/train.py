@@ -10,7 +10,7 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -22,7 +22,6 @@ from flax.training import train_state
 from vae_jax import data, plots
 from vae_jax.config import Config, prepare_workdir
 from vae_jax.errors import InputError
-from vae_jax.evaluate import elbo_terms
 from vae_jax.losses import negative_elbo
 from vae_jax.models import VAE, reconstruct_images, sample_images
 
@@ -44,6 +43,20 @@ OUTPUTS = (
 
 NUM_SAMPLES = 64  # digits in samples.png
 NUM_RECONSTRUCTIONS = 16  # test images in reconstructions.png
+
+
+class RunKeys(NamedTuple):
+    """The keys of a run, all split from its seed."""
+
+    init: jax.Array  # parameter initialisation
+    train: jax.Array  # folded with the epoch: order, binarization, z draws
+    eval: jax.Array  # the test-set z draws, the same every epoch
+    sample: jax.Array  # the z of samples.png
+
+
+def run_keys(seed: int) -> RunKeys:
+    """Splits the root key of `seed` into the run's keys."""
+    return RunKeys(*jax.random.split(jax.random.key(seed), 4))
 
 
 def create_train_state(model: VAE, key: jax.Array, learning_rate: float) -> train_state.TrainState:
@@ -183,6 +196,10 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     Returns the last epoch's metrics record. Raises InputError, before any training and
     without touching an earlier run's files, when the config or data are unusable.
     """
+    # Imported here, not at the top: `import vae_jax` must not import vae_jax.evaluate,
+    # which `python -m vae_jax.evaluate` runs as a script.
+    from vae_jax.evaluate import elbo_terms
+
     config.validate()
     prepare_workdir(config, OUTPUTS)
     dataset = data.load_dataset(config.dataset, config.data_dir, config.num_train)
@@ -203,7 +220,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     print(f"devices: {jax.devices()}", flush=True)
 
     model = VAE(config.latent, config.hidden_sizes, int(np.prod(dataset.image_shape)))
-    init_key, train_key, eval_key, sample_key = jax.random.split(jax.random.key(config.seed), 4)
+    init_key, train_key, eval_key, sample_key = run_keys(config.seed)
     state = create_train_state(model, init_key, config.learning_rate)
     train_images = jax.device_put(dataset.train_images)
     test_images = jax.device_put(data.eval_inputs(dataset.test_images, config.binarization))
