@@ -40,7 +40,8 @@ def finished_run(tmp_path_factory, tfds_dir):
 @pytest.mark.slow
 def test_writes_every_output(finished_run):
     workdir, result = finished_run
-    assert sorted(os.listdir(workdir)) == sorted(OUTPUTS)
+    assert sorted(os.listdir(workdir)) == sorted((*OUTPUTS, "checkpoints"))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:

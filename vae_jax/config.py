@@ -15,6 +15,7 @@ from vae_jax.errors import InputError
 from vae_jax.losses import RECONSTRUCTIONS
 
 BINARIZATIONS = ("none", "dynamic")
+NAN_POLICIES = ("stop", "skip_batch")
 
 
 def _field(default, help: str, **metadata):
@@ -59,9 +60,21 @@ class Config:
         choices=BINARIZATIONS,
     )
     num_train: int = _field(0, "Train on the first N training images only; 0 uses all.")
-    # Outputs.
-    workdir: str = _field("runs/default", "Folder for metrics, pictures, params and config.")
-    overwrite: bool = _field(False, "Replace the outputs of an earlier run in --workdir.")
+    # Outputs and resilience.
+    workdir: str = _field(
+        "runs/default",
+        "Folder for metrics, pictures, params, config and checkpoints; a run started on a "
+        "folder holding a checkpoint resumes from it.",
+    )
+    overwrite: bool = _field(False, "Start afresh, replacing an earlier run in --workdir.")
+    checkpoint_every: int = _field(1, "Write a checkpoint every N epochs (and at the end).")
+    keep_checkpoints: int = _field(3, "Keep the newest N checkpoints.")
+    on_nan: str = _field(
+        "stop",
+        "On a non-finite loss or parameter: stop (keep the last good checkpoint) or "
+        "skip_batch (drop that batch's update and count it).",
+        choices=NAN_POLICIES,
+    )
 
     def validate(self) -> "Config":
         """Raises InputError naming the first invalid setting; returns self."""
@@ -81,6 +94,14 @@ class Config:
                 self.num_train == 0 or self.batch_size <= self.num_train,
                 f"--batch_size={self.batch_size} is larger than --num_train={self.num_train}; "
                 "lower --batch_size or raise --num_train",
+            ),
+            (
+                self.checkpoint_every >= 1,
+                f"--checkpoint_every must be >= 1, got {self.checkpoint_every}",
+            ),
+            (
+                self.keep_checkpoints >= 1,
+                f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}",
             ),
             (bool(self.dataset), "--dataset must name a TFDS dataset, e.g. mnist"),
             (bool(self.workdir), "--workdir must name a folder"),

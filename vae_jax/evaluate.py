@@ -15,7 +15,6 @@ images only: train and evaluate with `--binarization=dynamic` to quote it as an 
 import dataclasses
 import functools
 import json
-import logging
 import math
 import os
 import sys
@@ -395,6 +394,7 @@ def format_table(results: dict, protocol: dict) -> str:
 
 def main(argv) -> None:
     from absl import app, flags
+    from absl import logging as absl_logging
 
     from vae_jax import data
     from vae_jax.errors import InputError
@@ -402,7 +402,7 @@ def main(argv) -> None:
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # as in vae_jax.main
+    absl_logging.set_verbosity(absl_logging.WARNING)  # INFO logs off the console, as in main
     flag_values = flags.FLAGS
     try:
         sample_counts = sorted({int(k) for k in flag_values.num_samples})

@@ -4,10 +4,12 @@ One flag per `Config` field (see vae_jax/config.py for the settings and their he
 """
 
 import dataclasses
-import logging
+import os
+import signal
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from vae_jax.config import Config
 from vae_jax.errors import InputError
@@ -57,14 +59,55 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings are --flags")
     from vae_jax import train  # Deferred: importing JAX is slow, and --help should be fast.
 
-    # JAX logs at INFO each accelerator plugin it did not find; not news on a CPU.
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # The console is for our progress lines: JAX's notes on absent accelerator plugins and
+    # orbax's record of each checkpoint operation are INFO logs, kept off it.
+    absl_logging.set_verbosity(absl_logging.WARNING)
 
     try:
-        train.train_and_evaluate(config_from_flags())
+        config = config_from_flags()
+        with StopOnSignal() as stop:
+            record = train.train_and_evaluate(config, should_stop=stop.requested)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if record.get("stopped"):
+        sys.exit(128 + stop.signal_number)
+
+
+class StopOnSignal:
+    """SIGINT or SIGTERM asks the run to stop after the current epoch, with a checkpoint;
+    a second signal exits at once. Restores the previous handlers on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal_number = 0
+        self._previous = {}
+
+    def requested(self) -> bool:
+        return self.signal_number != 0
+
+    def _handle(self, signal_number, frame):
+        del frame
+        if self.signal_number:
+            print(f"\n{signal.Signals(signal_number).name} again: exiting now", file=sys.stderr)
+            os._exit(128 + signal_number)
+        self.signal_number = signal_number
+        print(
+            f"\n{signal.Signals(signal_number).name}: finishing this epoch, then writing a "
+            "checkpoint (send it again to exit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __enter__(self):
+        for number in self.SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
 
 
 define_flags()

@@ -9,7 +9,9 @@ and sample keys are the same every epoch. So a run is a pure function of its con
 import functools
 import json
 import os
+import shutil
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax
@@ -19,8 +21,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from vae_jax import data, plots
-from vae_jax.config import Config, prepare_workdir
+from vae_jax import checkpoint, data, plots
+from vae_jax.config import Config, config_from_dict, prepare_workdir
 from vae_jax.errors import InputError
 from vae_jax.losses import negative_elbo
 from vae_jax.models import VAE, reconstruct_images, sample_images
@@ -131,7 +133,7 @@ def train_step(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("batch_size", "binarization", "reconstruction", "recon_scale"),
+    static_argnames=("batch_size", "binarization", "reconstruction", "recon_scale", "on_nan"),
     donate_argnames=("state",),
 )
 def train_epoch(
@@ -144,6 +146,7 @@ def train_epoch(
     binarization: str = "none",
     reconstruction: str = "bernoulli",
     recon_scale: float = 0.1,
+    on_nan: str = "stop",
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
     """One shuffled pass over `train_images` as a single compiled loop.
 
@@ -154,8 +157,14 @@ def train_epoch(
       train_images: [num_images, pixels] uint8, resident on the device.
       epoch_key: this epoch's key; it fixes the order, the binarization and the z draws.
 
+      on_nan: "stop" trains on regardless and reports the first bad step, for the caller
+        to stop; "skip_batch" keeps the previous state whenever a step's loss or new
+        parameters are not finite, and counts those batches.
+
     Returns:
-      The new state and the epoch means of `loss`, `recon`, `kl` (nats per image).
+      The new state and the epoch means of `loss`, `recon`, `kl` (nats per image, over
+      the batches kept), `first_nonfinite_step` (-1 if none), `params_finite` (0 or 1) and
+      `skipped_batches`.
     """
     num_images = train_images.shape[0]
     num_steps = -(-num_images // batch_size)
@@ -172,7 +181,7 @@ def train_epoch(
         images = data.to_unit_interval(train_images[indices])
         if binarization == "dynamic":
             images = data.binarize(binarize_key, images)
-        state, metrics = train_step(
+        new_state, metrics = train_step(
             state,
             images,
             z_key,
@@ -181,27 +190,57 @@ def train_epoch(
             reconstruction=reconstruction,
             recon_scale=recon_scale,
         )
-        # Batch means back to sums, so the epoch mean weighs every image once.
-        return state, {name: value * jnp.sum(weights) for name, value in metrics.items()}
+        finite = jnp.isfinite(metrics["loss"])
+        if on_nan == "skip_batch":
+            finite &= _all_finite(new_state.params)
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        # Batch means back to sums, so the epoch mean weighs every kept image once.
+        num_kept = jnp.sum(weights) * finite
+        sums = {name: jnp.where(finite, value, 0.0) * num_kept for name, value in metrics.items()}
+        return new_state, (sums, num_kept, finite)
 
-    state, step_sums = jax.lax.scan(
+    state, (step_sums, step_kept, step_finite) = jax.lax.scan(
         step, state, (jnp.arange(num_steps), batch_indices, batch_weights)
     )
-    return state, {name: jnp.sum(sums) / num_images for name, sums in step_sums.items()}
+    num_kept = jnp.maximum(jnp.sum(step_kept), 1.0)
+    epoch_metrics = {name: jnp.sum(sums) / num_kept for name, sums in step_sums.items()}
+    epoch_metrics["first_nonfinite_step"] = jnp.where(
+        jnp.all(step_finite), -1, jnp.argmin(step_finite)
+    )
+    epoch_metrics["params_finite"] = _all_finite(state.params)
+    epoch_metrics["skipped_batches"] = jnp.sum(~step_finite)
+    return state, epoch_metrics
 
 
-def train_and_evaluate(config: Config) -> dict[str, Any]:
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def train_and_evaluate(
+    config: Config, should_stop: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
     """Trains a VAE as `config` says, writing metrics, pictures and parameters to its workdir.
 
-    Returns the last epoch's metrics record. Raises InputError, before any training and
-    without touching an earlier run's files, when the config or data are unusable.
+    A workdir holding a checkpoint resumes from its newest one: the result is the same,
+    bit for bit, as a run that was never interrupted. `should_stop` is polled after each
+    epoch; when it returns True the run writes a checkpoint and returns early.
+
+    Returns the last epoch's metrics record, with `"stopped": True` after an early stop.
+    Raises InputError, before any training and without touching an earlier run's files,
+    when the config, data or checkpoint are unusable, and after writing the metrics of
+    the epoch where training diverged (the last good checkpoint stays in place).
     """
     # Imported here, not at the top: `import vae_jax` must not import vae_jax.evaluate,
     # which `python -m vae_jax.evaluate` runs as a script.
     from vae_jax.evaluate import elbo_terms
 
     config.validate()
-    prepare_workdir(config, OUTPUTS)
+    workdir = config.workdir
+    resuming = checkpoint.has_checkpoint(workdir) and not config.overwrite
+    # The same run stopped before its first checkpoint: start it again (it is a pure
+    # function of its config, so nothing is lost).
+    restarting = not resuming and is_same_run(workdir, config)
+    prepare_workdir(config, () if resuming or restarting else OUTPUTS)
     dataset = data.load_dataset(config.dataset, config.data_dir, config.num_train)
     num_train = len(dataset.train_images)
     if config.batch_size > num_train:
@@ -209,19 +248,35 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
             f"--batch_size={config.batch_size} is larger than the {num_train} training "
             "images; lower --batch_size"
         )
-    workdir = config.workdir
+    model = VAE(config.latent, config.hidden_sizes, int(np.prod(dataset.image_shape)))
+    init_key, train_key, eval_key, sample_key = run_keys(config.seed)
+    state = create_train_state(model, init_key, config.learning_rate)
+    metrics_path = os.path.join(workdir, METRICS_FILE)
+    history, first_epoch = [], 1
+    if resuming:
+        state, train_key, last_epoch = checkpoint.restore_latest(
+            checkpoint.manager(workdir, config.keep_checkpoints), state, train_key, config
+        )
+        history = read_metrics(metrics_path, up_to_epoch=last_epoch)
+        first_epoch = last_epoch + 1
+    elif os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
+        shutil.rmtree(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))  # --overwrite
+    checkpoints = checkpoint.manager(workdir, config.keep_checkpoints)
+
+    # Everything is validated: from here on, files are written.
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json() + "\n")
+    # Keep the metrics of the checkpointed epochs, drop any written after the checkpoint.
+    write_metrics(metrics_path, history)
     print(
         f"data: {dataset.source}: {num_train} train, {len(dataset.test_images)} test images "
         f"of shape {dataset.image_shape}",
         flush=True,
     )
     print(f"devices: {jax.devices()}", flush=True)
+    if resuming:
+        print(f"resuming from the checkpoint of epoch {first_epoch - 1} in {workdir}", flush=True)
 
-    model = VAE(config.latent, config.hidden_sizes, int(np.prod(dataset.image_shape)))
-    init_key, train_key, eval_key, sample_key = run_keys(config.seed)
-    state = create_train_state(model, init_key, config.learning_rate)
     train_images = jax.device_put(dataset.train_images)
     test_images = jax.device_put(data.eval_inputs(dataset.test_images, config.binarization))
     beta = jnp.float32(config.beta)
@@ -236,46 +291,63 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
         beta,
         batch_size=config.batch_size,
         binarization=config.binarization,
+        on_nan=config.on_nan,
         **loss_options,
     ).compile()
     run_eval = elbo_terms.lower(
         model, state.params, test_images, eval_key, beta, **loss_options
     ).compile()
     compile_time_s = time.perf_counter() - compile_start
+    steps_per_epoch = -(-num_train // config.batch_size)
 
-    metrics_path = os.path.join(workdir, METRICS_FILE)
-    history = []
-    with open(metrics_path, "w") as metrics_file:
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            state, train_metrics = run_epoch(
-                state, train_images, jax.random.fold_in(train_key, epoch), beta
+    for epoch in range(first_epoch, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        state, train_metrics = run_epoch(
+            state, train_images, jax.random.fold_in(train_key, epoch), beta
+        )
+        train_metrics = jax.device_get(train_metrics)  # Waits for the epoch to finish.
+        epoch_time_s = time.perf_counter() - epoch_start
+        test_terms = jax.device_get(run_eval(state.params, test_images, eval_key, beta))
+        record = {
+            "epoch": epoch,
+            "train_loss": float(train_metrics["loss"]),
+            "train_recon": float(train_metrics["recon"]),
+            "train_kl": float(train_metrics["kl"]),
+            "test_loss": float(np.mean(test_terms.loss)),
+            "test_recon": float(np.mean(test_terms.recon)),
+            "test_kl": float(np.mean(test_terms.kl)),
+            "epoch_time_s": epoch_time_s,
+            "images_per_s": num_train / epoch_time_s,
+        }
+        if config.on_nan == "skip_batch":
+            record["skipped_batches"] = int(train_metrics["skipped_batches"])
+        if epoch == first_epoch:
+            record["compile_time_s"] = compile_time_s
+        history.append(record)
+        write_metrics(metrics_path, [record], append=True)
+        bad_step = int(train_metrics["first_nonfinite_step"])
+        if bad_step >= 0 and config.on_nan == "stop" or not train_metrics["params_finite"]:
+            bad_step = max(bad_step, 0)
+            kept = max(checkpoint.complete_epochs(workdir), default=None)
+            raise InputError(
+                f"training diverged: non-finite loss or parameters at epoch {epoch}, step "
+                f"{bad_step} of {steps_per_epoch} (global step "
+                f"{(epoch - 1) * steps_per_epoch + bad_step}); "
+                + (f"the checkpoint of epoch {kept} is kept; " if kept else "no checkpoint yet; ")
+                + "lower --learning_rate, or pass --on_nan=skip_batch"
             )
-            train_metrics = jax.device_get(train_metrics)  # Waits for the epoch to finish.
-            epoch_time_s = time.perf_counter() - epoch_start
-            test_terms = jax.device_get(run_eval(state.params, test_images, eval_key, beta))
-            record = {
-                "epoch": epoch,
-                "train_loss": float(train_metrics["loss"]),
-                "train_recon": float(train_metrics["recon"]),
-                "train_kl": float(train_metrics["kl"]),
-                "test_loss": float(np.mean(test_terms.loss)),
-                "test_recon": float(np.mean(test_terms.recon)),
-                "test_kl": float(np.mean(test_terms.kl)),
-                "epoch_time_s": epoch_time_s,
-                "images_per_s": num_train / epoch_time_s,
-            }
-            if epoch == 1:
-                record["compile_time_s"] = compile_time_s
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            if not np.isfinite(record["train_loss"]):
-                raise InputError(
-                    f"training diverged at epoch {epoch}: train_loss={record['train_loss']}; "
-                    "lower --learning_rate"
-                )
-            history.append(record)
-            print(format_progress(record, config.epochs), flush=True)
+        print(format_progress(record, config.epochs), flush=True)
+        stop = should_stop()
+        if stop or epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            checkpoint.save(checkpoints, epoch, state, train_key, config)
+        if stop and epoch < config.epochs:
+            print(
+                f"stopped after epoch {epoch}: checkpoint written to "
+                f"{os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}; run the same command "
+                "to resume",
+                flush=True,
+            )
+            return {**record, "stopped": True}
 
     with open(os.path.join(workdir, PARAMS_FILE), "wb") as f:
         f.write(flax.serialization.to_bytes(state.params))
@@ -284,6 +356,50 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     )
     print(f"wrote {', '.join(OUTPUTS)} to {workdir}", flush=True)
     return history[-1]
+
+
+def is_same_run(workdir: str, config: Config) -> bool:
+    """Whether `workdir` holds the config.json of a run that `config` may continue."""
+    try:
+        with open(os.path.join(workdir, CONFIG_FILE)) as f:
+            saved = config_from_dict(json.load(f))
+        checkpoint.check_compatible(saved, config)
+    except (OSError, ValueError, TypeError, InputError):
+        return False
+    return True
+
+
+def read_metrics(path: str, up_to_epoch: int) -> list[dict[str, Any]]:
+    """The records of `metrics.jsonl` for epochs 1 .. up_to_epoch, in order."""
+    records = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # A line cut by a crash: it and what follows are redone.
+                if record.get("epoch", 0) > up_to_epoch:
+                    break
+                records.append(record)
+    if [r["epoch"] for r in records] != list(range(1, up_to_epoch + 1)):
+        raise InputError(
+            f"{path} lacks epochs of the checkpointed run (has {len(records)} of {up_to_epoch}); "
+            "restore that file, or start afresh with --overwrite"
+        )
+    return records
+
+
+def write_metrics(path: str, records: list[dict[str, Any]], append: bool = False) -> None:
+    """Appends records, or replaces the file atomically (a crash leaves old or new)."""
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    if append:
+        with open(path, "a") as f:
+            f.write(lines)
+        return
+    with open(path + ".tmp", "w") as f:
+        f.write(lines)
+    os.replace(path + ".tmp", path)
 
 
 def write_pictures(model, params, test_images, sample_key, image_shape, history, workdir):

@@ -1,0 +1,188 @@
+"""Runs that survive: exact resume after SIGKILL or SIGTERM, the divergence guard, and
+clear refusals of corrupt checkpoints and mismatched flags (files left untouched)."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+# A run of a few seconds: big enough to be killed mid-epoch, small enough for CI.
+QUICK = ["--num_train=6000", "--batch_size=128", "--latent=8", "--hidden_sizes=256,128"]
+LOSS_KEYS = ("epoch", "train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")
+
+
+def command(idx_dir, workdir, *flags):
+    return [
+        sys.executable,
+        "-m",
+        "vae_jax.main",
+        f"--data_dir={idx_dir}",
+        f"--workdir={workdir}",
+        *QUICK,
+        *flags,
+    ]
+
+
+def run(idx_dir, workdir, *flags):
+    return subprocess.run(
+        command(idx_dir, workdir, *flags), capture_output=True, text=True, timeout=300
+    )
+
+
+def losses(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: json.loads(line)[k] for k in LOSS_KEYS} for line in lines]
+
+
+def tree_hashes(folder):
+    return {
+        os.path.relpath(os.path.join(root, name), folder): hashlib.sha256(
+            open(os.path.join(root, name), "rb").read()
+        ).hexdigest()
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+def wait_for_epochs(workdir, count, process, timeout_s=120):
+    deadline = time.time() + timeout_s
+    metrics = workdir / "metrics.jsonl"
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {count} epochs in time; exit {process.poll()}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(idx_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("whole") / "w"
+    result = run(idx_dir, workdir, "--epochs=8")
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_identical(idx_dir, tmp_path, uninterrupted):
+    workdir = tmp_path / "w"
+    for kill_after in (2, 5):  # killed twice, at different points
+        process = subprocess.Popen(
+            command(idx_dir, workdir, "--epochs=8"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_epochs(workdir, kill_after, process)
+        time.sleep(0.05)  # into the next epoch, or its checkpoint
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    result = run(idx_dir, workdir, "--epochs=8")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from the checkpoint of epoch" in result.stdout
+    assert losses(workdir) == losses(uninterrupted)
+    assert (workdir / "params.msgpack").read_bytes() == (
+        uninterrupted / "params.msgpack"
+    ).read_bytes()
+    # The newest checkpoints only.
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "7", "8"]
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_resumes(idx_dir, tmp_path, uninterrupted):
+    workdir = tmp_path / "w"
+    process = subprocess.Popen(
+        command(idx_dir, workdir, "--epochs=8", "--checkpoint_every=100"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_epochs(workdir, 1, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM: finishing this epoch" in stderr and "run the same command" in stdout
+    stopped_at = len(losses(workdir))
+    assert stopped_at < 8
+    # Only the stop wrote a checkpoint (--checkpoint_every=100).
+    assert os.listdir(workdir / "checkpoints") == [str(stopped_at)]
+    result = run(idx_dir, workdir, "--epochs=8")
+    assert result.returncode == 0, result.stderr
+    assert losses(workdir) == losses(uninterrupted)
+    assert (workdir / "params.msgpack").read_bytes() == (
+        uninterrupted / "params.msgpack"
+    ).read_bytes()
+
+
+@pytest.mark.slow
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
+    workdir = tmp_path / "w"
+    assert run(idx_dir, workdir, "--epochs=2").returncode == 0
+    before = tree_hashes(workdir / "checkpoints")
+    result = run(idx_dir, workdir, "--epochs=4", "--learning_rate=1e12")
+    assert result.returncode == 2
+    assert "training diverged" in result.stderr and "at epoch 3, step" in result.stderr
+    assert "the checkpoint of epoch 2 is kept" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert tree_hashes(workdir / "checkpoints") == before
+    # The kept checkpoint resumes, at a sane learning rate.
+    result = run(idx_dir, workdir, "--epochs=3")
+    assert result.returncode == 0, result.stderr
+    assert [r["epoch"] for r in losses(workdir)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_skip_batch_trains_through(idx_dir, tmp_path):
+    workdir = tmp_path / "w"
+    result = run(idx_dir, workdir, "--epochs=1", "--learning_rate=1e12", "--on_nan=skip_batch")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((workdir / "metrics.jsonl").read_text())
+    assert record["skipped_batches"] > 0
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_and_mismatched_flags_are_refused(idx_dir, tmp_path):
+    workdir = tmp_path / "w"
+    assert run(idx_dir, workdir, "--epochs=2").returncode == 0
+    before = tree_hashes(workdir)
+
+    result = run(idx_dir, workdir, "--epochs=3", "--latent=16", "--binarization=dynamic")
+    assert result.returncode == 2
+    assert "--latent (checkpoint 8, now 16)" in result.stderr
+    assert "--binarization (checkpoint none, now dynamic)" in result.stderr
+    assert tree_hashes(workdir) == before
+
+    # Truncate the largest file of the newest checkpoint.
+    newest = workdir / "checkpoints" / "2"
+    victim = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    before = tree_hashes(workdir)
+    result = run(idx_dir, workdir, "--epochs=3")
+    assert result.returncode == 2
+    assert (
+        "does not match its manifest" in result.stderr and "corrupt or truncated" in result.stderr
+    )
+    assert result.stderr.strip().count("\n") == 0
+    assert tree_hashes(workdir) == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(idx_dir, tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    flags = ["--epochs=1", "--num_train=512", "--batch_size=128"]
+    # What such a run leaves: its config, an empty metrics file, no checkpoint.
+    assert run(idx_dir, workdir, *flags).returncode == 0
+    first = losses(workdir)
+    for name in ("checkpoints", "params.msgpack"):
+        path = workdir / name
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    (workdir / "metrics.jsonl").write_text("")
+    result = run(idx_dir, workdir, *flags)
+    assert result.returncode == 0, result.stderr
+    assert losses(workdir) == first
+    # Another run's folder is still refused.
+    result = run(idx_dir, workdir, *flags, "--latent=3", "--overwrite=false")
+    assert result.returncode == 2 and "holds a checkpoint of another run" in result.stderr

@@ -1,0 +1,201 @@
+"""Checkpoints of a training run with orbax, in `<workdir>/checkpoints/<epoch>/`.
+
+A checkpoint holds what makes a resumed run identical to an uninterrupted one: the
+parameters, the optimiser state, the step counter, the run's training key (epoch e's
+data order, binarization and z draws all derive from it and e), and, as JSON, the
+epoch and the run's config. Orbax writes each checkpoint into a temporary folder and
+renames it when complete, so a crash mid-write leaves the previous one intact.
+Nothing here unpickles anything: arrays are stored by tensorstore, the rest as JSON.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+
+from vae_jax.config import Config, config_from_dict
+from vae_jax.errors import InputError
+
+CHECKPOINT_DIR = "checkpoints"
+MANIFEST = "vae_jax_sha256.json"  # in each finished checkpoint folder
+FORMAT_VERSION = 1
+# Settings that may differ when a run resumes; any other difference changes the model,
+# the data or their order, and is refused.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "epochs",
+        "learning_rate",
+        "beta",
+        "workdir",
+        "overwrite",
+        "data_dir",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "on_nan",
+    }
+)
+
+
+class Restored(NamedTuple):
+    state: train_state.TrainState
+    train_key: jax.Array
+    epoch: int  # the last finished epoch
+
+
+def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+    """The run's checkpoint manager, keeping the last `keep` checkpoints."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        enable_async_checkpointing=False,  # A small state; a finished save is simpler.
+        create=True,
+        cleanup_tmp_directories=True,  # Drop a half-written checkpoint left by a crash.
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+        options=options,
+        item_names=("state", "meta"),
+    )
+
+
+def _file_digests(folder: str) -> dict[str, str]:
+    """SHA-256 of every file below `folder` but the manifest, by relative path."""
+    digests = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, folder)
+            if relative != MANIFEST:
+                with open(path, "rb") as f:
+                    digests[relative] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+def complete_epochs(workdir: str) -> list[int]:
+    """Epochs whose checkpoint was finished: orbax wrote it and we wrote its manifest.
+
+    A step folder without a manifest is a save cut short by a crash; it is ignored, so
+    the checkpoint before it stands.
+    """
+    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(folder)
+        if name.isdigit() and os.path.isfile(os.path.join(folder, name, MANIFEST))
+    )
+
+
+def has_checkpoint(workdir: str) -> bool:
+    return bool(complete_epochs(workdir))
+
+
+def _state_tree(state: train_state.TrainState, train_key: jax.Array) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "train_key": jax.random.key_data(train_key),
+    }
+
+
+def save(
+    checkpoints: ocp.CheckpointManager,
+    epoch: int,
+    state: train_state.TrainState,
+    train_key: jax.Array,
+    config: Config,
+) -> None:
+    """Writes the checkpoint of `epoch` (atomically) and prunes old ones."""
+    meta = {"format_version": FORMAT_VERSION, "epoch": epoch, "config": dataclasses.asdict(config)}
+    checkpoints.save(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_state_tree(state, train_key)),
+            meta=ocp.args.JsonSave(meta),
+        ),
+        force=True,
+    )
+    checkpoints.wait_until_finished()
+    # The manifest marks the checkpoint complete and lets a resume detect corruption
+    # before reading (orbax's readers fail noisily on a truncated file).
+    step_folder = os.path.join(str(checkpoints.directory), str(epoch))
+    manifest = os.path.join(step_folder, MANIFEST)
+    digests = _file_digests(step_folder)
+    with open(manifest + ".tmp", "w") as f:
+        json.dump(digests, f, indent=0, sort_keys=True)
+    os.replace(manifest + ".tmp", manifest)
+
+
+def check_compatible(saved: Config, config: Config) -> None:
+    """Raises InputError naming the settings that a resumed run may not change."""
+    changed = [
+        f"--{field.name} (checkpoint {getattr(saved, field.name)}, "
+        f"now {getattr(config, field.name)})"
+        for field in dataclasses.fields(Config)
+        if field.name not in RESUMABLE_CHANGES
+        and getattr(saved, field.name) != getattr(config, field.name)
+    ]
+    if changed:
+        raise InputError(
+            f"--workdir={config.workdir} holds a checkpoint of another run: {'; '.join(changed)}; "
+            "use the same flags to resume, or choose a new --workdir"
+        )
+
+
+def restore_latest(
+    checkpoints: ocp.CheckpointManager,
+    template: train_state.TrainState,
+    train_key: jax.Array,
+    config: Config,
+) -> Restored:
+    """Restores the newest checkpoint into the structure of `template`.
+
+    Raises InputError, touching no file, if the checkpoint is corrupt or truncated, was
+    written by an incompatible version, or belongs to a run with other settings.
+    """
+    epoch = complete_epochs(config.workdir)[-1]
+    where = os.path.join(config.workdir, CHECKPOINT_DIR, str(epoch))
+    try:
+        with open(os.path.join(where, MANIFEST)) as f:
+            expected = json.load(f)
+    except (OSError, ValueError):
+        raise InputError(f"cannot read the manifest of checkpoint {where}; " + _FIX) from None
+    if _file_digests(where) != expected:
+        raise InputError(f"checkpoint {where} does not match its manifest; " + _FIX)
+    try:
+        meta = checkpoints.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception as e:  # orbax raises many types for unreadable files.
+        raise InputError(f"cannot read checkpoint {where} ({type(e).__name__}); " + _FIX) from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise InputError(
+            f"checkpoint {where} has format version {version}, this vae_jax reads "
+            f"{FORMAT_VERSION}; resume it with the vae_jax that wrote it, or choose a new --workdir"
+        )
+    check_compatible(config_from_dict(meta["config"]), config)
+    tree = _state_tree(template, train_key)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    try:
+        restored = checkpoints.restore(
+            epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        ).state
+        # Orbax returns optax's named tuples as plain tuples: rebuild the live structure.
+        restored = jax.tree.unflatten(jax.tree.structure(tree), jax.tree.leaves(restored))
+    except Exception as e:
+        raise InputError(f"cannot read checkpoint {where} ({type(e).__name__}); " + _FIX) from None
+    state = template.replace(
+        step=restored["step"], params=restored["params"], opt_state=restored["opt_state"]
+    )
+    return Restored(state, jax.random.wrap_key_data(restored["train_key"]), int(meta["epoch"]))
+
+
+_FIX = (
+    "it is corrupt or truncated: delete that folder to resume from the one before, "
+    "or choose a new --workdir"
+)
