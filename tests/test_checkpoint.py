@@ -186,3 +186,17 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(idx_dir, tmp_path
     # Another run's folder is still refused.
     result = run(idx_dir, workdir, *flags, "--latent=3", "--overwrite=false")
     assert result.returncode == 2 and "holds a checkpoint of another run" in result.stderr
+
+
+def test_a_save_cut_short_before_its_manifest_is_redone(idx_dir, tmp_path, uninterrupted):
+    # SIGKILL between orbax finishing a step folder and our manifest: that epoch is redone.
+    workdir = tmp_path / "w"
+    assert run(idx_dir, workdir, "--epochs=3").returncode == 0
+    (workdir / "checkpoints" / "3" / "vae_jax_sha256.json").unlink()
+    result = run(idx_dir, workdir, "--epochs=8")
+    assert result.returncode == 0, result.stderr
+    assert "resuming from the checkpoint of epoch 2" in result.stdout
+    assert losses(workdir) == losses(uninterrupted)
+    assert (workdir / "params.msgpack").read_bytes() == (
+        uninterrupted / "params.msgpack"
+    ).read_bytes()

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from typing import Any, NamedTuple
 
 import jax
@@ -89,6 +90,15 @@ def complete_epochs(workdir: str) -> list[int]:
         for name in os.listdir(folder)
         if name.isdigit() and os.path.isfile(os.path.join(folder, name, MANIFEST))
     )
+
+
+def remove_unfinished(workdir: str) -> None:
+    """Deletes step folders that lack a manifest: saves cut short, whose epoch is redone."""
+    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    finished = set(complete_epochs(workdir))
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.isdigit() and int(name) not in finished:
+            shutil.rmtree(os.path.join(folder, name))
 
 
 def has_checkpoint(workdir: str) -> bool:

@@ -252,16 +252,19 @@ def train_and_evaluate(
     init_key, train_key, eval_key, sample_key = run_keys(config.seed)
     state = create_train_state(model, init_key, config.learning_rate)
     metrics_path = os.path.join(workdir, METRICS_FILE)
+    checkpoint_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    if not resuming and os.path.isdir(checkpoint_dir):
+        shutil.rmtree(checkpoint_dir)  # --overwrite, or a restart's unfinished checkpoint
     history, first_epoch = [], 1
     if resuming:
+        checkpoint.remove_unfinished(workdir)  # Its epoch is redone and saved again.
+    checkpoints = checkpoint.manager(workdir, config.keep_checkpoints)
+    if resuming:
         state, train_key, last_epoch = checkpoint.restore_latest(
-            checkpoint.manager(workdir, config.keep_checkpoints), state, train_key, config
+            checkpoints, state, train_key, config
         )
         history = read_metrics(metrics_path, up_to_epoch=last_epoch)
         first_epoch = last_epoch + 1
-    elif os.path.isdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)):
-        shutil.rmtree(os.path.join(workdir, checkpoint.CHECKPOINT_DIR))  # --overwrite
-    checkpoints = checkpoint.manager(workdir, config.keep_checkpoints)
 
     # Everything is validated: from here on, files are written.
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
