@@ -39,6 +39,14 @@ def losses(workdir):
     return [{k: json.loads(line)[k] for k in LOSS_KEYS} for line in lines]
 
 
+def assert_same_run(workdir, uninterrupted):
+    """Same per-epoch losses and the same final parameters, bit for bit."""
+    assert losses(workdir) == losses(uninterrupted)
+    assert (workdir / "params.msgpack").read_bytes() == (
+        uninterrupted / "params.msgpack"
+    ).read_bytes()
+
+
 def tree_hashes(folder):
     return {
         os.path.relpath(os.path.join(root, name), folder): hashlib.sha256(
@@ -83,10 +91,7 @@ def test_sigkill_then_resume_is_identical(idx_dir, tmp_path, uninterrupted):
     result = run(idx_dir, workdir, "--epochs=8")
     assert result.returncode == 0, result.stderr
     assert "resuming from the checkpoint of epoch" in result.stdout
-    assert losses(workdir) == losses(uninterrupted)
-    assert (workdir / "params.msgpack").read_bytes() == (
-        uninterrupted / "params.msgpack"
-    ).read_bytes()
+    assert_same_run(workdir, uninterrupted)
     # The newest checkpoints only.
     assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "7", "8"]
 
@@ -111,10 +116,7 @@ def test_sigterm_writes_a_checkpoint_and_resumes(idx_dir, tmp_path, uninterrupte
     assert os.listdir(workdir / "checkpoints") == [str(stopped_at)]
     result = run(idx_dir, workdir, "--epochs=8")
     assert result.returncode == 0, result.stderr
-    assert losses(workdir) == losses(uninterrupted)
-    assert (workdir / "params.msgpack").read_bytes() == (
-        uninterrupted / "params.msgpack"
-    ).read_bytes()
+    assert_same_run(workdir, uninterrupted)
 
 
 @pytest.mark.slow
@@ -196,7 +198,4 @@ def test_a_save_cut_short_before_its_manifest_is_redone(idx_dir, tmp_path, unint
     result = run(idx_dir, workdir, "--epochs=8")
     assert result.returncode == 0, result.stderr
     assert "resuming from the checkpoint of epoch 2" in result.stdout
-    assert losses(workdir) == losses(uninterrupted)
-    assert (workdir / "params.msgpack").read_bytes() == (
-        uninterrupted / "params.msgpack"
-    ).read_bytes()
+    assert_same_run(workdir, uninterrupted)
