@@ -307,7 +307,7 @@ def load_run(workdir: str, data_dir: str | None = None):
     from vae_jax import data
     from vae_jax.config import config_from_dict
     from vae_jax.errors import InputError
-    from vae_jax.train import CONFIG_FILE, PARAMS_FILE
+    from vae_jax.train import CONFIG_FILE, PARAMS_FILE, build_model
 
     paths = {name: os.path.join(workdir, name) for name in (CONFIG_FILE, PARAMS_FILE)}
     missing = [path for path in paths.values() if not os.path.isfile(path)]
@@ -323,7 +323,7 @@ def load_run(workdir: str, data_dir: str | None = None):
         raise InputError(f"{paths[CONFIG_FILE]} is not a vae_jax config ({e})") from None
     # Only the test split is used: read one training image, not all of them.
     dataset = data.load_dataset(config.dataset, data_dir or config.data_dir, num_train=1)
-    model = VAE(config.latent, config.hidden_sizes, int(np.prod(dataset.image_shape)))
+    model = build_model(config, dataset.image_shape)
     template = model.init(jax.random.key(0), jnp.zeros((1, model.image_size)), jax.random.key(0))[
         "params"
     ]
@@ -398,7 +398,7 @@ def main(argv) -> None:
 
     from vae_jax import data
     from vae_jax.errors import InputError
-    from vae_jax.train import METRICS_FILE, run_keys
+    from vae_jax.train import METRICS_FILE, read_metrics, run_keys
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -454,11 +454,7 @@ def main(argv) -> None:
             "active: most have collapsed to the prior",
             file=sys.stderr,
         )
-    metrics_path = os.path.join(flag_values.workdir, METRICS_FILE)
-    history = []
-    if os.path.isfile(metrics_path):
-        with open(metrics_path) as f:
-            history = [json.loads(line) for line in f if line.strip()]
+    history = read_metrics(os.path.join(flag_values.workdir, METRICS_FILE))
     results["pictures"] = write_pictures(
         model,
         params,

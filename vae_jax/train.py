@@ -248,7 +248,7 @@ def train_and_evaluate(
             f"--batch_size={config.batch_size} is larger than the {num_train} training "
             "images; lower --batch_size"
         )
-    model = VAE(config.latent, config.hidden_sizes, int(np.prod(dataset.image_shape)))
+    model = build_model(config, dataset.image_shape)
     init_key, train_key, eval_key, sample_key = run_keys(config.seed)
     state = create_train_state(model, init_key, config.learning_rate)
     metrics_path = os.path.join(workdir, METRICS_FILE)
@@ -372,8 +372,16 @@ def is_same_run(workdir: str, config: Config) -> bool:
     return True
 
 
-def read_metrics(path: str, up_to_epoch: int) -> list[dict[str, Any]]:
-    """The records of `metrics.jsonl` for epochs 1 .. up_to_epoch, in order."""
+def build_model(config: Config, image_shape: tuple[int, ...]) -> VAE:
+    """The VAE a config describes, for images of `image_shape`."""
+    return VAE(config.latent, config.hidden_sizes, int(np.prod(image_shape)))
+
+
+def read_metrics(path: str, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
+    """The records of `metrics.jsonl` for epochs 1 .. up_to_epoch (all when None), in order.
+
+    Raises InputError if `up_to_epoch` is given and an epoch up to it is missing.
+    """
     records = []
     if os.path.isfile(path):
         with open(path) as f:
@@ -382,9 +390,11 @@ def read_metrics(path: str, up_to_epoch: int) -> list[dict[str, Any]]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     break  # A line cut by a crash: it and what follows are redone.
-                if record.get("epoch", 0) > up_to_epoch:
+                if up_to_epoch is not None and record.get("epoch", 0) > up_to_epoch:
                     break
                 records.append(record)
+    if up_to_epoch is None:
+        return records
     if [r["epoch"] for r in records] != list(range(1, up_to_epoch + 1)):
         raise InputError(
             f"{path} lacks epochs of the checkpointed run (has {len(records)} of {up_to_epoch}); "
