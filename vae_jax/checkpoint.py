@@ -25,6 +25,11 @@ from vae_jax.errors import InputError
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "vae_jax_sha256.json"  # in each finished checkpoint folder
 FORMAT_VERSION = 1
+# What to do about a checkpoint that cannot be read.
+_FIX = (
+    "it is corrupt or truncated: delete that folder to resume from the one before, "
+    "or choose a new --workdir"
+)
 # Settings that may differ when a run resumes; any other difference changes the model,
 # the data or their order, and is refused.
 RESUMABLE_CHANGES = frozenset(
@@ -203,9 +208,3 @@ def restore_latest(
         step=restored["step"], params=restored["params"], opt_state=restored["opt_state"]
     )
     return Restored(state, jax.random.wrap_key_data(restored["train_key"]), int(meta["epoch"]))
-
-
-_FIX = (
-    "it is corrupt or truncated: delete that folder to resume from the one before, "
-    "or choose a new --workdir"
-)

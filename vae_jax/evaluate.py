@@ -27,12 +27,13 @@ import numpy as np
 
 from vae_jax.losses import (
     ElboTerms,
+    kl_to_standard_normal,
     log_normal_diag,
     log_standard_normal,
     negative_elbo,
     reconstruction_nll,
 )
-from vae_jax.models import VAE
+from vae_jax.models import VAE, posterior
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u|x]) above this is active.
 EVAL_FILE = "eval.json"
@@ -206,7 +207,8 @@ def estimate_bound(
 
 def kl_per_dimension(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """Average over images of each latent dimension's KL to N(0, 1): [batch, latent] -> [latent]."""
-    return jnp.mean(0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar), axis=0)
+    # A trailing axis of one latent each: the closed form per dimension, not summed.
+    return jnp.mean(kl_to_standard_normal(mean[..., None], logvar[..., None]), axis=0)
 
 
 def unit_activity(mean: jax.Array) -> jax.Array:
@@ -292,7 +294,7 @@ def evaluate_run(
     results["nll_num_samples"] = int(largest)
     if "1" in results["bounds"]:
         results["elbo_nll_gap"] = results["bounds"]["1"]["neg_bound"] - results["nll"]
-    mean, logvar = model.apply({"params": params}, jnp.asarray(test_images), method=VAE.encode)
+    mean, logvar = posterior(model, params, jnp.asarray(test_images))
     results["kl_per_dim"] = [float(v) for v in kl_per_dimension(mean, logvar)]
     results["unit_activity"] = [float(v) for v in unit_activity(mean)]
     results["active_units"] = active_units(mean)
@@ -336,9 +338,20 @@ def load_run(workdir: str, data_dir: str | None = None):
 
 
 def write_pictures(
-    model, params, test_images, test_labels, image_shape, history, workdir, spherical: bool
+    model,
+    params,
+    test_images,
+    test_labels,
+    image_shape,
+    activity,
+    history,
+    workdir,
+    spherical: bool,
 ) -> list[str]:
-    """The evaluation pictures, as PNG files in `workdir`; returns their names."""
+    """The evaluation pictures, as PNG files in `workdir`; returns their names.
+
+    `activity` is each latent dimension's `unit_activity`: traversals show the highest.
+    """
     from vae_jax import plots
 
     def path(name):
@@ -354,8 +367,7 @@ def write_pictures(
         path("interpolations.png"),
         spherical=spherical,
     )
-    mean, _ = model.apply({"params": params}, jnp.asarray(test_images), method=VAE.encode)
-    most_active = [int(d) for d in np.argsort(-np.asarray(unit_activity(mean)))[:8]]
+    most_active = [int(d) for d in np.argsort(-np.asarray(activity))[:8]]
     plots.save_traversals(
         model, params, test_images[0], most_active, image_shape, path("traversals.png")
     )
@@ -461,6 +473,7 @@ def main(argv) -> None:
         test_images,
         test_labels,
         dataset.image_shape,
+        results["unit_activity"],
         history,
         flag_values.workdir,
         flag_values.spherical,

@@ -98,17 +98,26 @@ class VAE(nn.Module):
         return self.decoder(z)
 
 
+def posterior(model: VAE, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """q(z|x) of each image: [batch, image_size] -> (mean, logvar), each [batch, latent]."""
+    return model.apply({"params": params}, images, method=VAE.encode)
+
+
+def decode_probabilities(model: VAE, params, z: jax.Array) -> jax.Array:
+    """Pixel probabilities sigmoid(decode(z)): [batch, latent] -> [batch, image_size]."""
+    return jax.nn.sigmoid(model.apply({"params": params}, z, method=VAE.decode))
+
+
 def sample_images(model: VAE, params, key: jax.Array, num_images: int) -> jax.Array:
     """Draws z ~ N(0, I) -> pixel probabilities sigmoid(decode(z)), [num_images, image_size].
 
     `params` is the model's `params` collection.
     """
     z = jax.random.normal(key, (num_images, model.latent))
-    return jax.nn.sigmoid(model.apply({"params": params}, z, method=VAE.decode))
+    return decode_probabilities(model, params, z)
 
 
 def reconstruct_images(model: VAE, params, images: jax.Array) -> jax.Array:
     """Decodes each image's posterior mean: [batch, image_size] -> probabilities, same shape."""
-    variables = {"params": params}
-    mean, _ = model.apply(variables, images, method=VAE.encode)
-    return jax.nn.sigmoid(model.apply(variables, mean, method=VAE.decode))
+    mean, _ = posterior(model, params, images)
+    return decode_probabilities(model, params, mean)

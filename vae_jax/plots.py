@@ -13,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from vae_jax.models import decode_probabilities, posterior
+
 UPSCALE = 3  # screen pixels per image pixel in the grids
 PAD = 2  # image pixels between grid cells
 
@@ -94,19 +96,11 @@ def interpolate_latents(z0: np.ndarray, z1: np.ndarray, num_steps: int, spherica
 
 
 def _decode_probabilities(model, params, z) -> np.ndarray:
-    import jax  # Deferred so the plotting of arrays needs no JAX.
-
-    from vae_jax.models import VAE
-
-    logits = model.apply({"params": params}, np.asarray(z, np.float32), method=VAE.decode)
-    return np.asarray(jax.nn.sigmoid(logits))
+    return np.asarray(decode_probabilities(model, params, np.asarray(z, np.float32)))
 
 
 def _posterior_means(model, params, images) -> np.ndarray:
-    from vae_jax.models import VAE
-
-    mean, _ = model.apply({"params": params}, np.asarray(images, np.float32), method=VAE.encode)
-    return np.asarray(mean)
+    return np.asarray(posterior(model, params, np.asarray(images, np.float32))[0])
 
 
 def save_interpolations(

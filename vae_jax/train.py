@@ -253,12 +253,12 @@ def train_and_evaluate(
     state = create_train_state(model, init_key, config.learning_rate)
     metrics_path = os.path.join(workdir, METRICS_FILE)
     checkpoint_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
-    if not resuming and os.path.isdir(checkpoint_dir):
-        shutil.rmtree(checkpoint_dir)  # --overwrite, or a restart's unfinished checkpoint
-    history, first_epoch = [], 1
     if resuming:
         checkpoint.remove_unfinished(workdir)  # Its epoch is redone and saved again.
+    elif os.path.isdir(checkpoint_dir):
+        shutil.rmtree(checkpoint_dir)  # --overwrite, or a restart's unfinished checkpoint
     checkpoints = checkpoint.manager(workdir, config.keep_checkpoints)
+    history, first_epoch = [], 1
     if resuming:
         state, train_key, last_epoch = checkpoint.restore_latest(
             checkpoints, state, train_key, config
@@ -345,8 +345,8 @@ def train_and_evaluate(
             checkpoint.save(checkpoints, epoch, state, train_key, config)
         if stop and epoch < config.epochs:
             print(
-                f"stopped after epoch {epoch}: checkpoint written to "
-                f"{os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}; run the same command "
+                f"stopped after epoch {epoch}: checkpoint written to {checkpoint_dir}; "
+                "run the same command "
                 "to resume",
                 flush=True,
             )
