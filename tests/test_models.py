@@ -88,3 +88,19 @@ def test_sample_and_reconstruct_give_probabilities():
     assert samples.shape == (7, 6) and recons.shape == (3, 6)
     for x in (samples, recons):
         assert np.all((x > 0) & (x < 1))
+
+
+def test_bfloat16_matmuls_keep_float32_parameters_and_outputs():
+    images = jax.random.uniform(jax.random.key(0), (16, 784))
+    fast = VAE(latent=8, hidden_sizes=(64, 32), dtype=jnp.bfloat16)
+    params = fast.init(jax.random.key(1), images, jax.random.key(2))["params"]
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    outputs = fast.apply({"params": params}, images, jax.random.key(3))
+    assert [x.dtype for x in outputs] == [jnp.float32] * 3
+    # The same parameters in float32 give the same numbers to bfloat16's 8-bit mantissa.
+    exact = VAE(latent=8, hidden_sizes=(64, 32)).apply(
+        {"params": params}, images, jax.random.key(3)
+    )
+    for approximate, reference in zip(outputs, exact, strict=True):
+        assert not np.array_equal(approximate, reference)  # The matmuls did run in bfloat16.
+        np.testing.assert_allclose(approximate, reference, atol=0.05 * np.abs(reference).max())

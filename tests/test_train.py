@@ -93,3 +93,16 @@ def test_other_likelihoods_train(images, reconstruction):
     _, history = _run_epochs(images, seed=0, reconstruction=reconstruction)
     assert np.isfinite(history[-1]["loss"])
     assert history[1]["loss"] < history[0]["loss"]
+
+
+def test_bfloat16_model_trains(images):
+    model = VAE(latent=8, hidden_sizes=(64, 32), dtype=jnp.bfloat16)
+    state = create_train_state(model, jax.random.key(0), 1e-3)
+    batch = data.to_unit_interval(images[:128])
+    first = None
+    for step in range(30):
+        state, metrics = train_step(state, batch, jax.random.key(step))
+        first = float(metrics["loss"]) if first is None else first
+        assert metrics["loss"].dtype == jnp.float32
+    assert float(metrics["loss"]) < 0.6 * first
+    assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}

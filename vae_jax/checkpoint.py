@@ -43,6 +43,13 @@ RESUMABLE_CHANGES = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "on_nan",
+        # How it runs: the process layout and the matmul precision (parameters are
+        # float32 whatever --dtype) may change between the parts of a run.
+        "dtype",
+        "distributed",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
     }
 )
 
@@ -137,6 +144,8 @@ def save(
         force=True,
     )
     checkpoints.wait_until_finished()
+    if jax.process_index() != 0:
+        return  # Process 0 alone writes files (orbax had every process take part).
     # The manifest marks the checkpoint complete and lets a resume detect corruption
     # before reading (orbax's readers fail noisily on a truncated file).
     step_folder = os.path.join(str(checkpoints.directory), str(epoch))

@@ -16,6 +16,7 @@ from vae_jax.losses import RECONSTRUCTIONS
 
 BINARIZATIONS = ("none", "dynamic")
 NAN_POLICIES = ("stop", "skip_batch")
+DTYPES = ("float32", "bfloat16")
 
 
 def _field(default, help: str, **metadata):
@@ -60,6 +61,24 @@ class Config:
         choices=BINARIZATIONS,
     )
     num_train: int = _field(0, "Train on the first N training images only; 0 uses all.")
+    # Devices: data parallel over all of them (see vae_jax/parallel.py).
+    dtype: str = _field(
+        "float32",
+        "Matrix-multiply dtype. bfloat16 speeds up GPUs and TPUs; parameters, optimiser "
+        "state and losses stay float32.",
+        choices=DTYPES,
+    )
+    distributed: bool = _field(
+        False,
+        "Join a multi-process run (several hosts) with jax.distributed.initialize; the "
+        "three flags below, or JAX's detection of TPU pods, SLURM, Open MPI and "
+        "Kubernetes, say where the other processes are.",
+    )
+    coordinator_address: str = _field(
+        "", "host:port of process 0 (or $JAX_COORDINATOR_ADDRESS), with --distributed."
+    )
+    num_processes: int = _field(0, "Number of processes, with --distributed; 0 to detect.")
+    process_id: int = _field(-1, "This process's rank, with --distributed; -1 to detect.")
     # Outputs and resilience.
     workdir: str = _field(
         "runs/default",
@@ -102,6 +121,15 @@ class Config:
             (
                 self.keep_checkpoints >= 1,
                 f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}",
+            ),
+            (
+                self.num_processes >= 0 and self.process_id >= -1,
+                "--num_processes must be >= 0 and --process_id >= -1 (0 and -1 detect them)",
+            ),
+            (
+                self.process_id < max(self.num_processes, 1) or not self.num_processes,
+                f"--process_id={self.process_id} must be below "
+                f"--num_processes={self.num_processes}",
             ),
             (bool(self.dataset), "--dataset must name a TFDS dataset, e.g. mnist"),
             (bool(self.workdir), "--workdir must name a folder"),

@@ -65,6 +65,10 @@ def main(argv: list[str]) -> None:
 
     try:
         config = config_from_flags()
+        if config.distributed:
+            from vae_jax import parallel
+
+            parallel.initialize(config.coordinator_address, config.num_processes, config.process_id)
         with StopOnSignal() as stop:
             record = train.train_and_evaluate(config, should_stop=stop.requested)
     except InputError as e:

@@ -7,6 +7,7 @@ applied only to draw pictures.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,16 +37,17 @@ class Encoder(nn.Module):
 
     latent: int
     hidden_sizes: Sequence[int] = (512, 256)
+    dtype: Any = jnp.float32  # of the matmuls; parameters and outputs are float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = x
         for i, width in enumerate(self.hidden_sizes):
-            h = nn.relu(nn.Dense(width, name=f"fc{i + 1}")(h))
+            h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(h))
         # One layer for both heads, split in two: the reference's 256 -> 2*latent layer.
         # Log-variance rather than std keeps the head unconstrained and the KL exact.
-        mean_logvar = nn.Dense(2 * self.latent, name="fc_mean_logvar")(h)
-        mean, logvar = jnp.split(mean_logvar, 2, axis=-1)
+        mean_logvar = nn.Dense(2 * self.latent, dtype=self.dtype, name="fc_mean_logvar")(h)
+        mean, logvar = jnp.split(mean_logvar.astype(jnp.float32), 2, axis=-1)
         return mean, logvar
 
 
@@ -54,13 +56,15 @@ class Decoder(nn.Module):
 
     image_size: int = 784
     hidden_sizes: Sequence[int] = (256, 512)
+    dtype: Any = jnp.float32  # of the matmuls; parameters and logits are float32
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         h = z
         for i, width in enumerate(self.hidden_sizes):
-            h = nn.relu(nn.Dense(width, name=f"fc{i + 1}")(h))
-        return nn.Dense(self.image_size, name="fc_logits")(h)
+            h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(h))
+        logits = nn.Dense(self.image_size, dtype=self.dtype, name="fc_logits")(h)
+        return logits.astype(jnp.float32)
 
 
 class VAE(nn.Module):
@@ -70,15 +74,18 @@ class VAE(nn.Module):
       latent: dimension of z.
       hidden_sizes: encoder widths; the decoder mirrors them in reverse order.
       image_size: number of pixels per flattened image (784 for 28x28x1).
+      dtype: dtype of the matrix multiplies (jnp.bfloat16 for speed on GPU/TPU).
+        Parameters, mean, logvar and logits are float32 whatever it is.
     """
 
     latent: int = 64
     hidden_sizes: Sequence[int] = (512, 256)
     image_size: int = 784
+    dtype: Any = jnp.float32
 
     def setup(self):
-        self.encoder = Encoder(self.latent, tuple(self.hidden_sizes))
-        self.decoder = Decoder(self.image_size, tuple(reversed(self.hidden_sizes)))
+        self.encoder = Encoder(self.latent, tuple(self.hidden_sizes), self.dtype)
+        self.decoder = Decoder(self.image_size, tuple(reversed(self.hidden_sizes)), self.dtype)
 
     def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x [batch, image_size] -> (logits [batch, image_size], mean, logvar [batch, latent]).

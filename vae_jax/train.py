@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.sharding import Mesh
 
-from vae_jax import checkpoint, data, plots
+from vae_jax import checkpoint, data, parallel, plots
 from vae_jax.config import Config, config_from_dict, prepare_workdir
 from vae_jax.errors import InputError
 from vae_jax.losses import negative_elbo
@@ -133,7 +134,14 @@ def train_step(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("batch_size", "binarization", "reconstruction", "recon_scale", "on_nan"),
+    static_argnames=(
+        "batch_size",
+        "binarization",
+        "reconstruction",
+        "recon_scale",
+        "on_nan",
+        "mesh",
+    ),
     donate_argnames=("state",),
 )
 def train_epoch(
@@ -147,6 +155,7 @@ def train_epoch(
     reconstruction: str = "bernoulli",
     recon_scale: float = 0.1,
     on_nan: str = "stop",
+    mesh: Mesh | None = None,
 ) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
     """One shuffled pass over `train_images` as a single compiled loop.
 
@@ -160,6 +169,10 @@ def train_epoch(
       on_nan: "stop" trains on regardless and reports the first bad step, for the caller
         to stop; "skip_batch" keeps the previous state whenever a step's loss or new
         parameters are not finite, and counts those batches.
+      mesh: a `parallel.data_mesh()` to split each batch over its devices (state and
+        `train_images` replicated over it); None runs where the inputs are. The numbers
+        are the same either way up to float summation order: every random draw is made
+        for the whole batch, whatever the split.
 
     Returns:
       The new state and the epoch means of `loss`, `recon`, `kl` (nats per image, over
@@ -177,6 +190,8 @@ def train_epoch(
 
     def step(state, inputs):
         step_index, indices, weights = inputs
+        if mesh is not None:  # Each device gathers and trains on its slice of the batch.
+            indices = jax.lax.with_sharding_constraint(indices, parallel.batch_sharded(mesh))
         binarize_key, z_key = jax.random.split(jax.random.fold_in(step_root, step_index))
         images = data.to_unit_interval(train_images[indices])
         if binarization == "dynamic":
@@ -221,9 +236,13 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains a VAE as `config` says, writing metrics, pictures and parameters to its workdir.
 
+    Trains data-parallel over every device (`vae_jax.parallel`); in a multi-process run
+    every process calls this, and process 0 alone writes files and prints.
+
     A workdir holding a checkpoint resumes from its newest one: the result is the same,
     bit for bit, as a run that was never interrupted. `should_stop` is polled after each
-    epoch; when it returns True the run writes a checkpoint and returns early.
+    epoch; when it returns True (in any process) the run writes a checkpoint and returns
+    early.
 
     Returns the last epoch's metrics record, with `"stopped": True` after an early stop.
     Raises InputError, before any training and without touching an earlier run's files,
@@ -235,6 +254,10 @@ def train_and_evaluate(
     from vae_jax.evaluate import elbo_terms
 
     config.validate()
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    writer = parallel.is_writer()
+    log = functools.partial(print, flush=True) if writer else lambda *_: None
     workdir = config.workdir
     resuming = checkpoint.has_checkpoint(workdir) and not config.overwrite
     # The same run stopped before its first checkpoint: start it again (it is a pure
@@ -249,14 +272,18 @@ def train_and_evaluate(
             "images; lower --batch_size"
         )
     model = build_model(config, dataset.image_shape)
-    init_key, train_key, eval_key, sample_key = run_keys(config.seed)
-    state = create_train_state(model, init_key, config.learning_rate)
+    keys = run_keys(config.seed)
+    state = create_train_state(model, keys.init, config.learning_rate)
+    state, train_key, eval_key = parallel.put_replicated((state, keys.train, keys.eval), mesh)
     metrics_path = os.path.join(workdir, METRICS_FILE)
     checkpoint_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
-    if resuming:
+    # Every process has decided from the same files: from here on, process 0 changes them.
+    parallel.barrier("workdir checked")
+    if writer and resuming:
         checkpoint.remove_unfinished(workdir)  # Its epoch is redone and saved again.
-    elif os.path.isdir(checkpoint_dir):
+    elif writer and os.path.isdir(checkpoint_dir):
         shutil.rmtree(checkpoint_dir)  # --overwrite, or a restart's unfinished checkpoint
+    parallel.barrier("checkpoints tidied")
     checkpoints = checkpoint.manager(workdir, config.keep_checkpoints)
     history, first_epoch = [], 1
     if resuming:
@@ -267,22 +294,29 @@ def train_and_evaluate(
         first_epoch = last_epoch + 1
 
     # Everything is validated: from here on, files are written.
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json() + "\n")
-    # Keep the metrics of the checkpointed epochs, drop any written after the checkpoint.
-    write_metrics(metrics_path, history)
-    print(
+    if writer:
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json() + "\n")
+        # Keep the metrics of the checkpointed epochs, drop any written after the checkpoint.
+        write_metrics(metrics_path, history)
+    log(
         f"data: {dataset.source}: {num_train} train, {len(dataset.test_images)} test images "
-        f"of shape {dataset.image_shape}",
-        flush=True,
+        f"of shape {dataset.image_shape}"
     )
-    print(f"devices: {jax.devices()}", flush=True)
+    log(
+        f"devices: {mesh.devices.size} x {jax.devices()[0].device_kind} in "
+        f"{jax.process_count()} process(es), {config.batch_size // mesh.devices.size} "
+        f"images per device per step; matmuls in {config.dtype}"
+    )
     if resuming:
-        print(f"resuming from the checkpoint of epoch {first_epoch - 1} in {workdir}", flush=True)
+        log(f"resuming from the checkpoint of epoch {first_epoch - 1} in {workdir}")
 
-    train_images = jax.device_put(dataset.train_images)
-    test_images = jax.device_put(data.eval_inputs(dataset.test_images, config.binarization))
-    beta = jnp.float32(config.beta)
+    # Every device holds the uint8 training set (47 MB for MNIST) and gathers its own
+    # slice of each global batch from it, so no batch crosses the host-device link.
+    train_images = parallel.put_replicated(dataset.train_images, mesh)
+    host_test_images = data.eval_inputs(dataset.test_images, config.binarization)
+    test_images = parallel.put_replicated(host_test_images, mesh)
+    beta = parallel.put_replicated(np.float32(config.beta), mesh)
     loss_options = dict(reconstruction=config.reconstruction, recon_scale=config.recon_scale)
 
     # Compile ahead of time, so compilation is timed apart from training.
@@ -295,6 +329,7 @@ def train_and_evaluate(
         batch_size=config.batch_size,
         binarization=config.binarization,
         on_nan=config.on_nan,
+        mesh=mesh,
         **loss_options,
     ).compile()
     run_eval = elbo_terms.lower(
@@ -327,7 +362,8 @@ def train_and_evaluate(
         if epoch == first_epoch:
             record["compile_time_s"] = compile_time_s
         history.append(record)
-        write_metrics(metrics_path, [record], append=True)
+        if writer:
+            write_metrics(metrics_path, [record], append=True)
         bad_step = int(train_metrics["first_nonfinite_step"])
         if bad_step >= 0 and config.on_nan == "stop" or not train_metrics["params_finite"]:
             bad_step = max(bad_step, 0)
@@ -339,25 +375,33 @@ def train_and_evaluate(
                 + (f"the checkpoint of epoch {kept} is kept; " if kept else "no checkpoint yet; ")
                 + "lower --learning_rate, or pass --on_nan=skip_batch"
             )
-        print(format_progress(record, config.epochs), flush=True)
-        stop = should_stop()
+        log(format_progress(record, config.epochs))
+        stop = parallel.any_process(should_stop())
         if stop or epoch % config.checkpoint_every == 0 or epoch == config.epochs:
             checkpoint.save(checkpoints, epoch, state, train_key, config)
         if stop and epoch < config.epochs:
-            print(
+            log(
                 f"stopped after epoch {epoch}: checkpoint written to {checkpoint_dir}; "
-                "run the same command "
-                "to resume",
-                flush=True,
+                "run the same command to resume"
             )
             return {**record, "stopped": True}
 
-    with open(os.path.join(workdir, PARAMS_FILE), "wb") as f:
-        f.write(flax.serialization.to_bytes(state.params))
-    write_pictures(
-        model, state.params, test_images, sample_key, dataset.image_shape, history, workdir
-    )
-    print(f"wrote {', '.join(OUTPUTS)} to {workdir}", flush=True)
+    host_params = jax.device_get(state.params)
+    if writer:
+        with open(os.path.join(workdir, PARAMS_FILE), "wb") as f:
+            f.write(flax.serialization.to_bytes(host_params))
+        # On this process's first device, from host copies: the other processes are done.
+        write_pictures(
+            model,
+            host_params,
+            host_test_images,
+            keys.sample,
+            dataset.image_shape,
+            history,
+            workdir,
+        )
+    log(f"wrote {', '.join(OUTPUTS)} to {workdir}")
+    parallel.barrier("run written")
     return history[-1]
 
 
@@ -374,7 +418,9 @@ def is_same_run(workdir: str, config: Config) -> bool:
 
 def build_model(config: Config, image_shape: tuple[int, ...]) -> VAE:
     """The VAE a config describes, for images of `image_shape`."""
-    return VAE(config.latent, config.hidden_sizes, int(np.prod(image_shape)))
+    return VAE(
+        config.latent, config.hidden_sizes, int(np.prod(image_shape)), jnp.dtype(config.dtype)
+    )
 
 
 def read_metrics(path: str, up_to_epoch: int | None = None) -> list[dict[str, Any]]:
