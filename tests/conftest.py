@@ -42,3 +42,11 @@ def mnist_tfds(tfds_dir):
     from vae_jax import data
 
     return data.load_dataset("mnist", str(tfds_dir))
+
+
+@pytest.fixture(scope="session")
+def images(mnist_idx):
+    """The first 1,000 MNIST training images, uint8 [1000, 784], for short training runs."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(mnist_idx.train_images[:1000])

@@ -7,14 +7,15 @@ import pytest
 
 from vae_jax import data
 from vae_jax.models import VAE
-from vae_jax.train import create_train_state, loss_fn, train_epoch, train_step
+from vae_jax.train import (
+    create_train_state,
+    loss_fn,
+    train_epoch,
+    train_epoch_stepwise,
+    train_step,
+)
 
 SMALL = VAE(latent=8, hidden_sizes=(64, 32))
-
-
-@pytest.fixture(scope="module")
-def images(mnist_idx):
-    return jnp.asarray(mnist_idx.train_images[:1000])
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch(images):
@@ -106,3 +107,19 @@ def test_bfloat16_model_trains(images):
         assert metrics["loss"].dtype == jnp.float32
     assert float(metrics["loss"]) < 0.6 * first
     assert {leaf.dtype for leaf in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+
+
+def test_stepwise_epoch_matches_the_scanned_epoch(images):
+    options = dict(batch_size=128, binarization="dynamic")
+    state_a = create_train_state(SMALL, jax.random.key(0), 1e-3)
+    state_b = create_train_state(SMALL, jax.random.key(0), 1e-3)
+    state_a, metrics_a = train_epoch(state_a, images, jax.random.key(1), 1.0, **options)
+    state_b, metrics_b = train_epoch_stepwise(state_b, images, jax.random.key(1), 1.0, **options)
+    assert int(state_b.step) == int(state_a.step) == 8
+    for name in ("loss", "recon", "kl", "beta", "first_nonfinite_step", "skipped_batches"):
+        np.testing.assert_allclose(metrics_b[name], metrics_a[name], rtol=1e-5, err_msg=name)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        state_a.params,
+        state_b.params,
+    )

@@ -1,8 +1,10 @@
 """vae_jax: the MNIST variational autoencoder as pure JAX/Flax functions.
 
-Where things are: models.py (Encoder, Decoder, VAE, reparameterize), losses.py
-(per-example loss terms), data.py (TFDS and IDX readers), train.py (train_step,
-train_epoch, train_and_evaluate), evaluate.py (test ELBO), plots.py, config.py.
+Where things are: models.py (Encoder, Decoder, ConvEncoder, ConvDecoder, VAE,
+reparameterize), losses.py (per-example loss terms: ELBO, IWAE bound, free bits),
+schedules.py (beta schedules), data.py (TFDS and IDX readers), train.py (train_step,
+train_epoch, train_and_evaluate), sweep.py (S models in one vmapped program),
+parallel.py (devices and hosts), evaluate.py (likelihood bounds), plots.py, config.py.
 """
 
 from vae_jax.config import Config
@@ -13,13 +15,18 @@ from vae_jax.losses import (
     kl_to_standard_normal,
     laplace_nll,
     negative_elbo,
+    negative_iwae_bound,
 )
-from vae_jax.models import VAE, Decoder, Encoder, reparameterize
+from vae_jax.models import VAE, ConvDecoder, ConvEncoder, Decoder, Encoder, reparameterize
+from vae_jax.schedules import BetaSchedule
 from vae_jax.train import create_train_state, train_and_evaluate, train_epoch, train_step
 
 __all__ = [
     "VAE",
+    "BetaSchedule",
     "Config",
+    "ConvDecoder",
+    "ConvEncoder",
     "Decoder",
     "Encoder",
     "InputError",
@@ -29,6 +36,7 @@ __all__ = [
     "kl_to_standard_normal",
     "laplace_nll",
     "negative_elbo",
+    "negative_iwae_bound",
     "reparameterize",
     "train_and_evaluate",
     "train_epoch",

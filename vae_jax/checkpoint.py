@@ -46,6 +46,7 @@ RESUMABLE_CHANGES = frozenset(
         # How it runs: the process layout and the matmul precision (parameters are
         # float32 whatever --dtype) may change between the parts of a run.
         "dtype",
+        "epoch_loop",
         "distributed",
         "coordinator_address",
         "num_processes",

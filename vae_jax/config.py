@@ -12,11 +12,14 @@ import tempfile
 from typing import Any
 
 from vae_jax.errors import InputError
-from vae_jax.losses import RECONSTRUCTIONS
+from vae_jax.losses import OBJECTIVES, RECONSTRUCTIONS
+from vae_jax.schedules import SCHEDULES
 
+ARCHITECTURES = ("mlp", "conv")
 BINARIZATIONS = ("none", "dynamic")
 NAN_POLICIES = ("stop", "skip_batch")
 DTYPES = ("float32", "bfloat16")
+EPOCH_LOOPS = ("auto", "scan", "steps")
 
 
 def _field(default, help: str, **metadata):
@@ -30,10 +33,36 @@ class Config:
     # Model.
     latent: int = _field(64, "Dimension of the latent z.")
     hidden_sizes: tuple[int, ...] = _field(
-        (512, 256), "Encoder widths, comma-separated; the decoder mirrors them."
+        (512, 256), "Encoder widths, comma-separated; the decoder mirrors them (mlp)."
     )
-    # Objective: recon + beta * KL.
+    architecture: str = _field(
+        "mlp",
+        "mlp (the reference network) or conv (strided convs; 28x28 one-channel images).",
+        choices=ARCHITECTURES,
+    )
+    conv_channels: tuple[int, ...] = _field(
+        (32, 64), "Channels of the conv architecture's layers, comma-separated."
+    )
+    # Objective: recon + beta * KL, or the importance-weighted bound.
+    objective: str = _field(
+        "elbo",
+        "elbo (one z per image) or iwae (the k-sample bound of Burda et al. 2016).",
+        choices=OBJECTIVES,
+    )
+    num_samples: int = _field(1, "k, the z draws per image of --objective=iwae.")
     beta: float = _field(1.0, "Weight of the KL term; 1 gives the ELBO.")
+    beta_schedule: str = _field(
+        "constant",
+        "constant; linear (KL warm-up from 0 over --warmup_epochs); cyclical (Fu et al. "
+        "2019: --num_cycles cycles, each rising over --cycle_ramp of it, then flat).",
+        choices=SCHEDULES,
+    )
+    warmup_epochs: float = _field(10.0, "Epochs of the linear warm-up of beta.")
+    num_cycles: int = _field(4, "Cycles of the cyclical beta schedule over the run.")
+    cycle_ramp: float = _field(0.5, "Fraction of each cycle over which beta rises.")
+    free_bits: float = _field(
+        0.0, "Free bits: floor in nats on each latent dimension's batch-mean KL (0: off)."
+    )
     reconstruction: str = _field(
         "bernoulli",
         "Likelihood p(x|z): bernoulli (BCE), gaussian or laplace.",
@@ -67,6 +96,13 @@ class Config:
         "Matrix-multiply dtype. bfloat16 speeds up GPUs and TPUs; parameters, optimiser "
         "state and losses stay float32.",
         choices=DTYPES,
+    )
+    epoch_loop: str = _field(
+        "auto",
+        "scan: each epoch is one compiled program (lax.scan over the batches); steps: one "
+        "compiled program per step; auto: steps for the conv architecture on a CPU, where "
+        "XLA runs convolutions inside a loop slowly, else scan.",
+        choices=EPOCH_LOOPS,
     )
     distributed: bool = _field(
         False,
@@ -104,6 +140,26 @@ class Config:
                 f"--hidden_sizes must be one or more positive widths, got {self.hidden_sizes}",
             ),
             (self.beta >= 0, f"--beta must be >= 0, got {self.beta}"),
+            (self.num_samples >= 1, f"--num_samples must be >= 1, got {self.num_samples}"),
+            (
+                self.objective == "iwae" or self.num_samples == 1,
+                f"--num_samples={self.num_samples} is for --objective=iwae; add that flag",
+            ),
+            (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.num_cycles >= 1, f"--num_cycles must be >= 1, got {self.num_cycles}"),
+            (
+                0 < self.cycle_ramp <= 1,
+                f"--cycle_ramp must be in (0, 1], got {self.cycle_ramp}",
+            ),
+            (self.free_bits >= 0, f"--free_bits must be >= 0, got {self.free_bits}"),
+            (
+                self.free_bits == 0 or self.objective == "elbo",
+                "--free_bits works with --objective=elbo only",
+            ),
+            (
+                len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
+                f"--conv_channels must be one or more positive counts, got {self.conv_channels}",
+            ),
             (self.recon_scale > 0, f"--recon_scale must be > 0, got {self.recon_scale}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}"),
@@ -155,8 +211,9 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     if unknown:
         raise InputError(f"unknown settings {unknown}; known ones are {sorted(names)}")
     values = dict(values)
-    if "hidden_sizes" in values:
-        values["hidden_sizes"] = tuple(values["hidden_sizes"])
+    for name in ("hidden_sizes", "conv_channels"):
+        if name in values:
+            values[name] = tuple(values[name])
     return Config(**values)
 
 

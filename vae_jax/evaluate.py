@@ -27,7 +27,7 @@ import numpy as np
 
 from vae_jax.losses import (
     ElboTerms,
-    kl_to_standard_normal,
+    kl_per_latent,
     log_normal_diag,
     log_standard_normal,
     negative_elbo,
@@ -207,8 +207,7 @@ def estimate_bound(
 
 def kl_per_dimension(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """Average over images of each latent dimension's KL to N(0, 1): [batch, latent] -> [latent]."""
-    # A trailing axis of one latent each: the closed form per dimension, not summed.
-    return jnp.mean(kl_to_standard_normal(mean[..., None], logvar[..., None]), axis=0)
+    return jnp.mean(kl_per_latent(mean, logvar), axis=0)
 
 
 def unit_activity(mean: jax.Array) -> jax.Array:

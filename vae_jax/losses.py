@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 RECONSTRUCTIONS = ("bernoulli", "gaussian", "laplace")
+OBJECTIVES = ("elbo", "iwae")
 
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
@@ -68,12 +69,30 @@ def reconstruction_nll(
     )
 
 
-def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """KL(N(mean, exp(logvar)) || N(0, I)) in closed form, summed over latents: [batch].
+def kl_per_latent(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(q || N(0, 1)) of each latent dimension in closed form: [batch, latent].
 
-    0.5 * sum(exp(logvar) + mean^2 - 1 - logvar); zero exactly when mean = 0, logvar = 0.
+    0.5 * (exp(logvar) + mean^2 - 1 - logvar); zero exactly when mean = 0, logvar = 0.
     """
-    return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
+    return 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
+
+
+def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, exp(logvar)) || N(0, I)) in closed form, summed over latents: [batch]."""
+    return jnp.sum(kl_per_latent(mean, logvar), axis=-1)
+
+
+def free_bits_kl(mean: jax.Array, logvar: jax.Array, weights: jax.Array, floor: float) -> jax.Array:
+    """The batch's KL with a floor per dimension (free bits, Kingma et al. 2016): a scalar.
+
+    sum_d max(floor, KL_d), KL_d the weighted batch mean of dimension d's KL. A dimension
+    whose KL is below `floor` nats adds the floor and no gradient, so the optimiser gains
+    nothing by pushing it further towards the prior.
+
+    weights: [batch], 1 for the images that count and 0 for padding.
+    """
+    batch_kl = jnp.sum(weights[:, None] * kl_per_latent(mean, logvar), axis=0) / jnp.sum(weights)
+    return jnp.sum(jnp.maximum(batch_kl, floor))
 
 
 class ElboTerms(NamedTuple):
@@ -113,3 +132,41 @@ def log_normal_diag(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Arr
 def log_standard_normal(z: jax.Array) -> jax.Array:
     """log N(z | 0, I), summed over the last axis: [...]."""
     return -0.5 * jnp.sum(jnp.square(z) + 2.0 * _HALF_LOG_2PI, axis=-1)
+
+
+def negative_iwae_bound(
+    logits: jax.Array,
+    images: jax.Array,
+    z: jax.Array,
+    mean: jax.Array,
+    logvar: jax.Array,
+    beta: float | jax.Array = 1.0,
+    reconstruction: str = "bernoulli",
+    scale: float = 1.0,
+) -> ElboTerms:
+    """-L_k, the importance-weighted bound of Burda et al. (2016), per image, with its terms.
+
+    L_k = log (1/k) sum_i w_i, with log w_i = log p(x|z_i) + beta * (log p(z_i) - log q(z_i|x))
+    for k draws z_i ~ q(z|x); computed with logsumexp, so it is finite whatever the
+    weights. L_1 is the one-sample ELBO (with a Monte Carlo KL), and L_k rises towards
+    log p(x) with k. beta = 1 gives the bound; other values weigh the prior and posterior
+    terms as in a beta-VAE.
+
+    Args:
+      logits: [k, batch, pixels], the decoder's output for each z_i.
+      images: [batch, pixels].
+      z: [k, batch, latent], the draws from q(z|x) = N(mean, exp(logvar)).
+      mean, logvar: [batch, latent].
+
+    Returns:
+      ElboTerms, each [batch]: loss = -L_k, recon = the mean over draws of -log p(x|z_i),
+      kl = the closed-form KL (for logging; the bound uses the sampled log-densities).
+    """
+    recon = reconstruction_nll(logits, images[None], reconstruction, scale)  # [k, batch]
+    log_prior_ratio = log_standard_normal(z) - log_normal_diag(z, mean[None], logvar[None])
+    log_weights = -recon + beta * log_prior_ratio
+    num_samples = log_weights.shape[0]
+    bound = jax.nn.logsumexp(log_weights, axis=0) - jnp.log(num_samples)
+    return ElboTerms(
+        loss=-bound, recon=jnp.mean(recon, axis=0), kl=kl_to_standard_normal(mean, logvar)
+    )

@@ -6,6 +6,7 @@ probabilities: losses are computed from logits so they stay finite, and the sigm
 applied only to draw pictures.
 """
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,6 +68,71 @@ class Decoder(nn.Module):
         return logits.astype(jnp.float32)
 
 
+def _square_side(image_size: int, num_layers: int) -> int:
+    """The side of square one-channel images that `num_layers` stride-2 layers halve evenly."""
+    side = math.isqrt(image_size)
+    if side * side != image_size or side % 2**num_layers:
+        raise ValueError(
+            f"the conv architecture needs square one-channel images whose side divides by "
+            f"2^{num_layers} (28x28 for MNIST with 2 layers), got {image_size} pixels"
+        )
+    return side
+
+
+class ConvEncoder(nn.Module):
+    """x [batch, side*side] -> (mean, logvar), each [batch, latent], through strided convs.
+
+    With channels (32, 64): side x side x 1 -> side/2 x side/2 x 32 -> side/4 x side/4 x 64
+    (3x3 kernels, stride 2, ReLU; one such layer per entry of `channels`), then one dense
+    layer to both heads.
+    """
+
+    latent: int
+    image_size: int = 784
+    channels: Sequence[int] = (32, 64)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        side = _square_side(self.image_size, len(self.channels))
+        h = x.reshape(*x.shape[:-1], side, side, 1)
+        for i, width in enumerate(self.channels):
+            h = nn.Conv(width, (3, 3), strides=2, dtype=self.dtype, name=f"conv{i + 1}")(h)
+            h = nn.relu(h)
+        h = h.reshape(*h.shape[:-3], -1)
+        mean_logvar = nn.Dense(2 * self.latent, dtype=self.dtype, name="fc_mean_logvar")(h)
+        mean, logvar = jnp.split(mean_logvar.astype(jnp.float32), 2, axis=-1)
+        return mean, logvar
+
+
+class ConvDecoder(nn.Module):
+    """z [batch, latent] -> logits [batch, side*side]: the ConvEncoder in mirror image.
+
+    A dense layer to (side / 2^n) x (side / 2^n) x channels[-1] for n = len(channels),
+    then n transposed convs (3x3, stride 2) through channels[-2], ..., channels[0] to
+    side x side x 1.
+    """
+
+    image_size: int = 784
+    channels: Sequence[int] = (32, 64)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        side = _square_side(self.image_size, len(self.channels))
+        small = side // 2 ** len(self.channels)
+        h = nn.Dense(small * small * self.channels[-1], dtype=self.dtype, name="fc")(z)
+        h = nn.relu(h).reshape(*z.shape[:-1], small, small, self.channels[-1])
+        widths = [*reversed(self.channels[:-1]), 1]
+        for i, width in enumerate(widths):
+            h = nn.ConvTranspose(
+                width, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"deconv{i + 1}"
+            )(h)
+            if i < len(widths) - 1:
+                h = nn.relu(h)
+        return h.reshape(*z.shape[:-1], self.image_size).astype(jnp.float32)
+
+
 class VAE(nn.Module):
     """Encoder and decoder joined by the reparameterization trick.
 
@@ -76,16 +142,29 @@ class VAE(nn.Module):
       image_size: number of pixels per flattened image (784 for 28x28x1).
       dtype: dtype of the matrix multiplies (jnp.bfloat16 for speed on GPU/TPU).
         Parameters, mean, logvar and logits are float32 whatever it is.
+      architecture: "mlp" (the reference network) or "conv" (`ConvEncoder` and
+        `ConvDecoder`, for square one-channel images).
+      conv_channels: the conv architecture's channels, first layer first.
     """
 
     latent: int = 64
     hidden_sizes: Sequence[int] = (512, 256)
     image_size: int = 784
     dtype: Any = jnp.float32
+    architecture: str = "mlp"
+    conv_channels: Sequence[int] = (32, 64)
 
     def setup(self):
-        self.encoder = Encoder(self.latent, tuple(self.hidden_sizes), self.dtype)
-        self.decoder = Decoder(self.image_size, tuple(reversed(self.hidden_sizes)), self.dtype)
+        widths = tuple(self.hidden_sizes)
+        if self.architecture == "conv":
+            channels = tuple(self.conv_channels)
+            self.encoder = ConvEncoder(self.latent, self.image_size, channels, self.dtype)
+            self.decoder = ConvDecoder(self.image_size, channels, self.dtype)
+        elif self.architecture == "mlp":
+            self.encoder = Encoder(self.latent, widths, self.dtype)
+            self.decoder = Decoder(self.image_size, tuple(reversed(widths)), self.dtype)
+        else:
+            raise ValueError(f"unknown architecture {self.architecture!r}; expected mlp or conv")
 
     def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x [batch, image_size] -> (logits [batch, image_size], mean, logvar [batch, latent]).
@@ -95,6 +174,17 @@ class VAE(nn.Module):
         mean, logvar = self.encoder(x)
         z = reparameterize(key, mean, logvar)
         return self.decoder(z), mean, logvar
+
+    def decode_samples(self, x: jax.Array, key: jax.Array, num_samples: int):
+        """k draws of z per image and their logits, for importance-weighted bounds.
+
+        x [batch, image_size] -> (logits [k, batch, image_size], z [k, batch, latent],
+        mean, logvar [batch, latent]).
+        """
+        mean, logvar = self.encoder(x)
+        shape = (num_samples, *mean.shape)
+        z = reparameterize(key, jnp.broadcast_to(mean, shape), jnp.broadcast_to(logvar, shape))
+        return self.decoder(z), z, mean, logvar
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x [batch, image_size] -> (mean, logvar), each [batch, latent]."""

@@ -189,3 +189,42 @@ def save_training_curves(history: Sequence[dict[str, Any]], path: str) -> None:
         axes.legend()
     figure.tight_layout()
     figure.savefig(path)
+
+
+def save_rate_distortion(
+    rates: Sequence[float], distortions: Sequence[float], labels: Sequence[str], path: str
+) -> None:
+    """The rate-distortion curve: KL (rate) against reconstruction (distortion), in nats."""
+    figure = Figure(figsize=(5.5, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    order = np.argsort(rates)
+    axes.plot(np.asarray(rates)[order], np.asarray(distortions)[order], marker="o")
+    for rate, distortion, label in zip(rates, distortions, labels, strict=True):
+        axes.annotate(label, (rate, distortion), textcoords="offset points", xytext=(5, 5))
+    axes.set_xlabel("rate: KL(q(z|x) || p(z)), nats / image")
+    axes.set_ylabel("distortion: -log p(x|z), nats / image")
+    axes.set_title("rate-distortion on the test set")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def save_grids_side_by_side(
+    image_sets: Sequence[np.ndarray],
+    titles: Sequence[str],
+    image_shape: Sequence[int],
+    path: str,
+    num_columns: int = 4,
+) -> None:
+    """One titled grid per image set [n, pixels], left to right (e.g. samples per beta)."""
+    figure = Figure(figsize=(2.2 * len(image_sets), 2.6), dpi=100)
+    FigureCanvasAgg(figure)
+    for i, (images, title) in enumerate(zip(image_sets, titles, strict=True)):
+        axes = figure.add_subplot(1, len(image_sets), i + 1)
+        mosaic = np.clip(tile_images(images, image_shape, num_columns), 0.0, 1.0)
+        axes.imshow(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic, cmap="gray")
+        axes.set_title(title)
+        axes.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path)

@@ -1,0 +1,231 @@
+"""Issue 6's pieces: the IWAE bound, beta schedules, free bits, the conv model, sweeps."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import data
+from vae_jax.config import Config
+from vae_jax.errors import InputError
+from vae_jax.losses import (
+    free_bits_kl,
+    kl_per_latent,
+    log_normal_diag,
+    log_standard_normal,
+    negative_elbo,
+    negative_iwae_bound,
+)
+from vae_jax.models import VAE
+from vae_jax.schedules import BetaSchedule, beta_schedule, cyclical, linear_warmup
+from vae_jax.sweep import create_sweep_state, train_sweep_epoch
+from vae_jax.train import create_train_state, loss_fn, run_keys, train_epoch, train_step
+
+SMALL = VAE(latent=8, hidden_sizes=(64, 32))
+
+
+@pytest.fixture(scope="module")
+def trained(images):
+    """SMALL after 100 steps on binarized digits, so q is informative but imperfect."""
+    state = create_train_state(SMALL, jax.random.key(0), 1e-3)
+    batch = data.binarize(jax.random.key(1), data.to_unit_interval(images[:256]))
+    for step in range(100):
+        state, _ = train_step(state, batch, jax.random.key(step))
+    return state.params, batch[:32]
+
+
+def _iwae(params, batch, key, num_samples, beta=1.0):
+    logits, z, mean, logvar = SMALL.apply(
+        {"params": params}, batch, key, num_samples, method="decode_samples"
+    )
+    return negative_iwae_bound(logits, batch, z, mean, logvar, beta), (logits, z, mean, logvar)
+
+
+def test_iwae_with_one_sample_is_the_elbo(trained):
+    params, batch = trained
+    terms, (logits, z, mean, logvar) = _iwae(params, batch, jax.random.key(5), 1)
+    # Exactly the one-sample ELBO with a Monte Carlo KL: recon + log q(z|x) - log p(z).
+    elbo_mc = negative_elbo(logits[0], batch, mean, logvar).recon + (
+        log_normal_diag(z[0], mean, logvar) - log_standard_normal(z[0])
+    )
+    np.testing.assert_allclose(terms.loss, elbo_mc, rtol=1e-6)
+    # In expectation, the closed-form-KL ELBO the trainer uses: average over 2000 keys.
+    keys = jax.random.split(jax.random.key(6), 2000)
+    iwae_1 = jax.vmap(lambda key: _iwae(params, batch, key, 1)[0].loss)(keys)
+
+    def trainer_elbo(key):
+        logits, mean, logvar = SMALL.apply({"params": params}, batch, key)
+        return negative_elbo(logits, batch, mean, logvar).loss
+
+    elbo = jax.vmap(trainer_elbo)(keys)
+    stderr = jnp.std(iwae_1 - elbo, 0) / np.sqrt(len(keys))
+    assert np.all(np.abs(jnp.mean(iwae_1 - elbo, 0)) < 4 * stderr)
+
+
+def test_iwae_bound_tightens_with_k(trained):
+    params, batch = trained
+    keys = jax.random.split(jax.random.key(8), 100)
+    means = {}
+    for k in (1, 5, 50):
+        values = jax.vmap(lambda key, k=k: _iwae(params, batch, key, k)[0].loss)(keys)
+        means[k] = (float(jnp.mean(values)), float(jnp.std(values.mean(1)) / np.sqrt(100)))
+    # -L_k is nonincreasing in k (L_k nondecreasing), by more than the Monte Carlo error.
+    assert means[1][0] - means[5][0] > 3 * (means[1][1] + means[5][1])
+    assert means[5][0] - means[50][0] > 3 * (means[5][1] + means[50][1])
+
+
+def test_iwae_loss_is_finite_for_extreme_weights():
+    mean = jnp.array([[30.0, -30.0]])
+    logvar = jnp.array([[-20.0, 20.0]])
+    z = jnp.array([[[0.0, 0.0]], [[1e3, -1e3]]])
+    logits = jnp.full((2, 1, 3), 1e4)
+    terms = negative_iwae_bound(logits, jnp.zeros((1, 3)), z, mean, logvar)
+    assert np.all(np.isfinite(terms.loss))
+
+
+def test_schedules_documented_values():
+    steps = jnp.array([0, 50, 100, 150])
+    np.testing.assert_allclose(linear_warmup(steps, 100), [0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(linear_warmup(steps, 0), [1.0, 1.0, 1.0, 1.0])
+    # Cycles of 100 steps rising over the first half: 0 at each cycle's start, 1 from its middle.
+    np.testing.assert_allclose(
+        cyclical(jnp.array([0, 25, 50, 99, 100, 125]), 100, 0.5), [0, 0.5, 1, 1, 0, 0.5]
+    )
+    np.testing.assert_allclose(BetaSchedule()(steps), [1.0] * 4)
+    # From epochs: 10 epochs of 7 steps, 2 cycles of 35 steps; warm-up of 3 epochs = 21 steps.
+    schedule = beta_schedule("cyclical", 7, 10, num_cycles=2, ramp_fraction=0.5)
+    assert schedule.cycle_steps == 35
+    np.testing.assert_allclose(schedule(jnp.array([0, 35, 52, 69])), [0, 0, 17 / 17.5, 1])
+    assert beta_schedule("linear", 7, 10, warmup_epochs=3).warmup_steps == 21
+
+
+def test_schedule_drives_the_epochs_beta(images):
+    state = create_train_state(SMALL, jax.random.key(0), 1e-3)
+    schedule = BetaSchedule("linear", warmup_steps=16)  # 8 steps an epoch of 1000 / 128
+    betas = []
+    for epoch in range(3):
+        state, metrics = train_epoch(
+            state, images, jax.random.key(epoch), 2.0, batch_size=128, schedule=schedule
+        )
+        betas.append(float(metrics["beta"]))
+    # The last step of epoch e is global step 8e + 7: beta = 2 * min(1, (8e + 7) / 16).
+    np.testing.assert_allclose(betas, [2 * 7 / 16, 2 * 15 / 16, 2.0], rtol=1e-6)
+
+
+def test_free_bits_floor_each_dimension():
+    mean = jnp.array([[0.0, 2.0, 0.1], [0.0, 2.0, -0.1]])
+    logvar = jnp.zeros((2, 3))
+    weights = jnp.ones(2)
+    per_dim = jnp.mean(kl_per_latent(mean, logvar), 0)  # [0, 2, 0.005]
+    floor = 0.5
+    np.testing.assert_allclose(
+        free_bits_kl(mean, logvar, weights, floor), jnp.sum(jnp.maximum(per_dim, floor))
+    )
+    # Below the floor a dimension adds exactly the floor and gets no gradient.
+    grads = jax.grad(lambda m: free_bits_kl(m, logvar, weights, floor))(mean)
+    np.testing.assert_array_equal(grads[:, 0], 0.0)
+    np.testing.assert_array_equal(grads[:, 2], 0.0)
+    assert np.all(grads[:, 1] != 0)
+    # Never below floor x latent dimensions, whatever the posterior.
+    assert free_bits_kl(jnp.zeros((2, 3)), logvar, weights, floor) == pytest.approx(1.5)
+
+
+def test_free_bits_loss_never_counts_a_dimension_below_the_floor(trained):
+    params, batch = trained
+    weights = jnp.ones(len(batch))
+    args = (SMALL.apply, batch, jax.random.key(0), 1.0, weights, "bernoulli", 0.1)
+    loss, metrics = loss_fn(params, *args, free_bits=1.0)
+    mean, logvar = SMALL.apply({"params": params}, batch, method="encode")
+    per_dim = jnp.mean(kl_per_latent(mean, logvar), 0)
+    np.testing.assert_allclose(
+        loss, metrics["recon"] + jnp.sum(jnp.maximum(per_dim, 1.0)), rtol=1e-6
+    )
+    assert loss >= metrics["recon"] + SMALL.latent * 1.0 - 1e-3
+
+
+def test_conv_model_shapes_and_one_step_lowers_its_loss(images):
+    model = VAE(latent=16, architecture="conv")
+    batch = data.to_unit_interval(images[:64])
+    state = create_train_state(model, jax.random.key(0), 1e-3)
+    kernels = {name: leaf["kernel"].shape for name, leaf in state.params["encoder"].items()}
+    assert kernels == {
+        "conv1": (3, 3, 1, 32),
+        "conv2": (3, 3, 32, 64),
+        "fc_mean_logvar": (3136, 32),
+    }
+    logits, mean, logvar = model.apply({"params": state.params}, batch, jax.random.key(1))
+    assert logits.shape == (64, 784) and mean.shape == logvar.shape == (64, 16)
+    loss_before = loss_fn(
+        state.params, model.apply, batch, jax.random.key(2), 1.0, jnp.ones(64), "bernoulli", 0.1
+    )[0]
+    state, _ = train_step(state, batch, jax.random.key(3))
+    loss_after = loss_fn(
+        state.params, model.apply, batch, jax.random.key(2), 1.0, jnp.ones(64), "bernoulli", 0.1
+    )[0]
+    assert loss_after < loss_before
+
+
+def test_conv_model_with_three_layers_keeps_the_image_size():
+    model = VAE(latent=4, image_size=32 * 32, architecture="conv", conv_channels=(4, 8, 16))
+    x = jnp.zeros((2, 32 * 32))
+    params = model.init(jax.random.key(0), x, jax.random.key(1))["params"]
+    logits, mean, _ = model.apply({"params": params}, x, jax.random.key(2))
+    assert logits.shape == (2, 1024) and mean.shape == (2, 4)
+    assert params["encoder"]["fc_mean_logvar"]["kernel"].shape == (4 * 4 * 16, 8)
+
+
+def test_conv_model_refuses_non_square_images():
+    with pytest.raises(ValueError, match="square one-channel"):
+        VAE(latent=2, image_size=30, architecture="conv").init(
+            jax.random.key(0), jnp.zeros((1, 30)), jax.random.key(1)
+        )
+
+
+def test_vmapped_sweep_matches_separate_runs(images):
+    betas, seeds = [0.5, 1.0, 4.0], [0, 1, 2]
+    options = dict(batch_size=128, binarization="dynamic")
+    states, train_keys = create_sweep_state(SMALL, seeds, 1e-3)
+    sweep_history = []
+    for epoch in (1, 2):
+        states, metrics = train_sweep_epoch(
+            states, images, train_keys, epoch, jnp.array(betas), **options
+        )
+        sweep_history.append(metrics)
+    for s, (beta, seed) in enumerate(zip(betas, seeds, strict=True)):
+        keys = run_keys(seed)
+        state = create_train_state(SMALL, keys.init, 1e-3)
+        for epoch in (1, 2):
+            state, metrics = train_epoch(
+                state, images, jax.random.fold_in(keys.train, epoch), beta, **options
+            )
+            for name in ("loss", "recon", "kl"):
+                np.testing.assert_allclose(
+                    sweep_history[epoch - 1][name][s], metrics[name], rtol=1e-5, err_msg=name
+                )
+        jax.tree.map(
+            lambda a, b, s=s: np.testing.assert_allclose(a[s], b, rtol=1e-4, atol=1e-6),
+            states.params,
+            state.params,
+        )
+    # The betas really differ per model: a larger beta gives a smaller KL.
+    kls = sweep_history[-1]["kl"]
+    assert kls[0] > kls[1] > kls[2]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(num_samples=5), "--num_samples=5 is for --objective=iwae; add that flag"),
+        (dict(objective="iwae", num_samples=0), "--num_samples must be >= 1, got 0"),
+        (dict(free_bits=-1.0), "--free_bits must be >= 0, got -1.0"),
+        (dict(objective="iwae", free_bits=0.5), "--free_bits works with --objective=elbo only"),
+        (dict(cycle_ramp=0.0), "--cycle_ramp must be in (0, 1], got 0.0"),
+        (dict(beta_schedule="cosine"), "--beta_schedule=cosine is not one of constant"),
+        (dict(architecture="resnet"), "--architecture=resnet is not one of mlp, conv"),
+    ],
+)
+def test_bad_research_settings_name_the_flag(settings, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        Config(**settings).validate()
