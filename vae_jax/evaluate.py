@@ -28,8 +28,7 @@ import numpy as np
 from vae_jax.losses import (
     ElboTerms,
     kl_per_latent,
-    log_normal_diag,
-    log_standard_normal,
+    log_importance_weights,
     negative_elbo,
     reconstruction_nll,
 )
@@ -115,9 +114,7 @@ def importance_weighted_bound(
         sample_ids = chunk * sample_chunk + jnp.arange(sample_chunk)
         eps = jax.vmap(draw, in_axes=(0, None))(image_keys, sample_ids)  # [batch, s, latent]
         z = mean + eps * jnp.exp(0.5 * logvar)
-        log_weights = (
-            log_likelihood_fn(images, z) + log_standard_normal(z) - log_normal_diag(z, mean, logvar)
-        )
+        log_weights = log_importance_weights(log_likelihood_fn(images, z), z, mean, logvar)
         log_weights = jnp.where(sample_ids < num_samples, log_weights, -jnp.inf)
         return jnp.logaddexp(log_sum, jax.nn.logsumexp(log_weights, axis=-1)), None
 

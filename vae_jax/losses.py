@@ -134,6 +134,21 @@ def log_standard_normal(z: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(jnp.square(z) + 2.0 * _HALF_LOG_2PI, axis=-1)
 
 
+def log_importance_weights(
+    log_likelihood: jax.Array,
+    z: jax.Array,
+    mean: jax.Array,
+    logvar: jax.Array,
+    beta: float | jax.Array = 1.0,
+) -> jax.Array:
+    """log w = log p(x|z) + beta * (log p(z) - log q(z|x)) for draws z ~ q = N(mean, exp(logvar)).
+
+    log_likelihood: [...], log p(x|z) of each draw; z: [..., latent]; mean and logvar
+    broadcast against z. Returns [...]. beta = 1 gives the weights of the bound L_k.
+    """
+    return log_likelihood + beta * (log_standard_normal(z) - log_normal_diag(z, mean, logvar))
+
+
 def negative_iwae_bound(
     logits: jax.Array,
     images: jax.Array,
@@ -163,8 +178,7 @@ def negative_iwae_bound(
       kl = the closed-form KL (for logging; the bound uses the sampled log-densities).
     """
     recon = reconstruction_nll(logits, images[None], reconstruction, scale)  # [k, batch]
-    log_prior_ratio = log_standard_normal(z) - log_normal_diag(z, mean[None], logvar[None])
-    log_weights = -recon + beta * log_prior_ratio
+    log_weights = log_importance_weights(-recon, z, mean[None], logvar[None], beta)
     num_samples = log_weights.shape[0]
     bound = jax.nn.logsumexp(log_weights, axis=0) - jnp.log(num_samples)
     return ElboTerms(

@@ -68,8 +68,11 @@ class Decoder(nn.Module):
         return logits.astype(jnp.float32)
 
 
-def _square_side(image_size: int, num_layers: int) -> int:
-    """The side of square one-channel images that `num_layers` stride-2 layers halve evenly."""
+def conv_image_side(image_size: int, num_layers: int) -> int:
+    """The side of square one-channel images that `num_layers` stride-2 layers halve evenly.
+
+    Raises ValueError for any other image size.
+    """
     side = math.isqrt(image_size)
     if side * side != image_size or side % 2**num_layers:
         raise ValueError(
@@ -94,7 +97,7 @@ class ConvEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        side = _square_side(self.image_size, len(self.channels))
+        side = conv_image_side(self.image_size, len(self.channels))
         h = x.reshape(*x.shape[:-1], side, side, 1)
         for i, width in enumerate(self.channels):
             h = nn.Conv(width, (3, 3), strides=2, dtype=self.dtype, name=f"conv{i + 1}")(h)
@@ -119,7 +122,7 @@ class ConvDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        side = _square_side(self.image_size, len(self.channels))
+        side = conv_image_side(self.image_size, len(self.channels))
         small = side // 2 ** len(self.channels)
         h = nn.Dense(small * small * self.channels[-1], dtype=self.dtype, name="fc")(z)
         h = nn.relu(h).reshape(*z.shape[:-1], small, small, self.channels[-1])

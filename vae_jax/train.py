@@ -26,7 +26,7 @@ from vae_jax import checkpoint, data, parallel, plots
 from vae_jax.config import Config, config_from_dict, prepare_workdir
 from vae_jax.errors import InputError
 from vae_jax.losses import free_bits_kl, negative_elbo, negative_iwae_bound
-from vae_jax.models import VAE, reconstruct_images, sample_images
+from vae_jax.models import VAE, conv_image_side, reconstruct_images, sample_images
 from vae_jax.schedules import BetaSchedule, beta_schedule
 
 # Files a run writes in its workdir.
@@ -549,19 +549,21 @@ def is_same_run(workdir: str, config: Config) -> bool:
 
 def build_model(config: Config, image_shape: tuple[int, ...]) -> VAE:
     """The VAE a config describes, for images of `image_shape`."""
-    num_layers = len(config.conv_channels)
-    if config.architecture == "conv" and (
-        image_shape[0] != image_shape[1] or image_shape[2] != 1 or image_shape[0] % 2**num_layers
-    ):
-        raise InputError(
-            f"--architecture=conv with {num_layers} --conv_channels needs square one-channel "
-            f"images whose side divides by {2**num_layers}, got {image_shape}; use "
-            "--architecture=mlp or fewer --conv_channels"
-        )
+    image_size = int(np.prod(image_shape))
+    if config.architecture == "conv":
+        try:
+            conv_image_side(image_size, len(config.conv_channels))
+        except ValueError:
+            num_layers = len(config.conv_channels)
+            raise InputError(
+                f"--architecture=conv with {num_layers} --conv_channels needs square "
+                f"one-channel images whose side divides by {2**num_layers}, got {image_shape}; "
+                "use --architecture=mlp or fewer --conv_channels"
+            ) from None
     return VAE(
         config.latent,
         config.hidden_sizes,
-        int(np.prod(image_shape)),
+        image_size,
         jnp.dtype(config.dtype),
         config.architecture,
         config.conv_channels,
