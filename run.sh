@@ -8,10 +8,13 @@ venv=${VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 python="$venv/bin/python"
 
-# The data are never downloaded: use the workspace's shared copy when there is one.
-shared_tfds="$(cd .. && pwd)/shared/data/tensorflow_datasets"
-if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d "$shared_tfds" ]; then
-  export TFDS_DATA_DIR="$shared_tfds"
+# Use the workspace's shared copy of MNIST when there is one beside this checkout: as
+# TFDS's data dir for a run, and as the full data of the tests that need all of it.
+# Without it a run downloads MNIST into ~/.cache/vae_jax (once), and those tests skip.
+shared="$(cd .. && pwd)/shared/data"
+if [ -d "$shared/tensorflow_datasets" ]; then
+  export TFDS_DATA_DIR="${TFDS_DATA_DIR:-$shared/tensorflow_datasets}"
+  export VAE_JAX_SHARED_DATA="${VAE_JAX_SHARED_DATA:-$shared}"
 fi
 
 if [ "${1:-}" = "test" ]; then

@@ -24,7 +24,7 @@ from vae_jax.config import DTYPES
 from vae_jax.models import VAE
 from vae_jax.train import create_train_state, train_epoch
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir or IDX folder with MNIST.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS or IDX folder; unset: TFDS's, else cache.")
 _SYNTHETIC = flags.DEFINE_bool(
     "synthetic", False, "Use 60,000 random 28x28 images instead of MNIST (same speed)."
 )

@@ -28,7 +28,7 @@ from vae_jax.config import Config
 from vae_jax.evaluate import evaluate_run, load_run
 from vae_jax.train import METRICS_FILE, PARAMS_FILE, read_metrics, run_keys, train_and_evaluate
 
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir or IDX folder.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS or IDX folder; unset: TFDS's, else cache.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/tables", "Where the runs go.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs (default: per table).")
 _NUM_TEST = flags.DEFINE_integer("num_test", 2000, "Test images for the NLL (likelihood).")

@@ -1,7 +1,15 @@
-"""Shared test setup: strict JAX, and the data in ../shared/data (never downloaded)."""
+"""Shared test setup: strict JAX, no network, and the data the tests read.
+
+Every test runs on the slice of real MNIST shipped in tests/data/mnist_slice (the first
+2,048 training and 1,024 test images, as IDX files and as a TFDS data dir). The few that
+need all of MNIST take the `full_data` fixture: the folder named by $VAE_JAX_SHARED_DATA
+(laid out as ../shared/data: mnist_idx/ and tensorflow_datasets/). Without it they are
+skipped, except under CI=true, where missing full data fails them.
+"""
 
 import os
 import pathlib
+import socket
 
 import jax
 import pytest
@@ -9,28 +17,41 @@ import pytest
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(os.environ.get("VAE_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
-TFDS_DIR = SHARED_DATA / "tensorflow_datasets"
-IDX_DIR = SHARED_DATA / "mnist_idx"
+SLICE = REPO / "tests" / "data" / "mnist_slice"
+SLICE_NUM_TRAIN, SLICE_NUM_TEST = 2048, 1024
+FULL_DATA_ENV = "VAE_JAX_SHARED_DATA"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network_and_no_home_data(tmp_path_factory):
+    """Points every download at a local port that refuses connections, the cache at an
+    empty folder and TFDS's default data dir at nothing, for this process and its
+    subprocesses: a test reads only the data it names, and never reaches the internet."""
+    refusing = socket.socket()  # bound but never listening: connections are refused
+    refusing.bind(("127.0.0.1", 0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VAE_JAX_MIRROR", f"http://127.0.0.1:{refusing.getsockname()[1]}/")
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("TFDS_DATA_DIR", str(tmp_path_factory.mktemp("no_tfds_data")))
+        yield
+    refusing.close()
 
 
 @pytest.fixture(scope="session")
 def idx_dir() -> pathlib.Path:
-    assert (IDX_DIR / "train-images-idx3-ubyte.gz").is_file(), (
-        f"MNIST IDX files missing in {IDX_DIR}"
-    )
-    return IDX_DIR
+    """The slice as the four IDX .gz files."""
+    return SLICE / "idx"
 
 
 @pytest.fixture(scope="session")
 def tfds_dir() -> pathlib.Path:
-    assert (TFDS_DIR / "mnist").is_dir(), f"TFDS mnist missing in {TFDS_DIR}"
-    return TFDS_DIR
+    """The slice as a TFDS data dir (mnist 3.0.1, array_record)."""
+    return SLICE / "tensorflow_datasets"
 
 
 @pytest.fixture(scope="session")
 def mnist_idx(idx_dir):
-    """All of MNIST read from the IDX files (0.3 s), shared by the tests."""
+    """The slice read from the IDX files, shared by the tests."""
     from vae_jax import data
 
     return data.read_idx_dir(str(idx_dir))
@@ -38,7 +59,7 @@ def mnist_idx(idx_dir):
 
 @pytest.fixture(scope="session")
 def mnist_tfds(tfds_dir):
-    """All of MNIST read through tfds.data_source (about 5 s), shared by the tests."""
+    """The slice read through tfds.data_source, shared by the tests."""
     from vae_jax import data
 
     return data.load_dataset("mnist", str(tfds_dir))
@@ -50,3 +71,29 @@ def images(mnist_idx):
     import jax.numpy as jnp
 
     return jnp.asarray(mnist_idx.train_images[:1000])
+
+
+@pytest.fixture(scope="session")
+def full_data() -> pathlib.Path:
+    """All of MNIST: $VAE_JAX_SHARED_DATA with mnist_idx/ and tensorflow_datasets/mnist."""
+    folder = os.environ.get(FULL_DATA_ENV)
+    path = pathlib.Path(folder or "/nonexistent")
+    if (path / "mnist_idx" / "train-images-idx3-ubyte.gz").is_file() and (
+        path / "tensorflow_datasets" / "mnist"
+    ).is_dir():
+        return path
+    reason = (
+        f"needs all of MNIST: set {FULL_DATA_ENV} to a folder with mnist_idx/ and "
+        f"tensorflow_datasets/ (got {folder!r})"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the full-data tests: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def full_mnist_idx(full_data):
+    """All of MNIST read from the IDX files (0.3 s)."""
+    from vae_jax import data
+
+    return data.read_idx_dir(str(full_data / "mnist_idx"))

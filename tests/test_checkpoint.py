@@ -12,7 +12,7 @@ import time
 import pytest
 
 # A run of a few seconds: big enough to be killed mid-epoch, small enough for CI.
-QUICK = ["--num_train=6000", "--batch_size=128", "--latent=8", "--hidden_sizes=256,128"]
+QUICK = ["--num_train=2048", "--batch_size=128", "--latent=8", "--hidden_sizes=256,128"]
 LOSS_KEYS = ("epoch", "train_loss", "train_recon", "train_kl", "test_loss", "test_recon", "test_kl")
 
 

@@ -1,4 +1,4 @@
-"""Both readers on the shared MNIST, binarization, and clear errors for bad data."""
+"""Both readers, which copy is read, binarization, and clear errors for bad data."""
 
 import gzip
 import shutil
@@ -6,20 +6,37 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from conftest import SLICE_NUM_TEST, SLICE_NUM_TRAIN
 
 from vae_jax import data
 from vae_jax.errors import InputError
 
 
-def test_idx_reader_known_values(mnist_idx):
-    assert mnist_idx.train_images.shape == (60000, 784)
-    assert mnist_idx.test_images.shape == (10000, 784)
-    assert mnist_idx.train_images.dtype == np.uint8
-    assert mnist_idx.image_shape == (28, 28, 1)
-    # The data README gives the training pixels' mean; labels are the ten digits.
-    assert mnist_idx.train_images.mean() == pytest.approx(33.3184, abs=5e-5)
+def test_slice_holds_the_first_images_of_mnist(mnist_idx):
+    assert mnist_idx.train_images.shape == (SLICE_NUM_TRAIN, 784)
+    assert mnist_idx.test_images.shape == (SLICE_NUM_TEST, 784)
+    assert mnist_idx.train_images.dtype == np.uint8 and mnist_idx.image_shape == (28, 28, 1)
+    # MNIST's first labels, as every tutorial prints them.
+    np.testing.assert_array_equal(mnist_idx.train_labels[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])
+    np.testing.assert_array_equal(mnist_idx.test_labels[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
     assert set(np.unique(mnist_idx.train_labels)) == set(range(10))
     assert mnist_idx.train_images.min() == 0 and mnist_idx.train_images.max() == 255
+
+
+def test_idx_reader_known_values(full_mnist_idx):
+    assert full_mnist_idx.train_images.shape == (60000, 784)
+    assert full_mnist_idx.test_images.shape == (10000, 784)
+    # The data README gives the training pixels' mean.
+    assert full_mnist_idx.train_images.mean() == pytest.approx(33.3184, abs=5e-5)
+
+
+def test_slice_is_the_head_of_full_mnist(mnist_idx, full_mnist_idx):
+    # What tests/data/make_mnist_slice.py wrote is still what it says it is.
+    for split, count in (("train", SLICE_NUM_TRAIN), ("test", SLICE_NUM_TEST)):
+        for kind in ("images", "labels"):
+            name = f"{split}_{kind}"
+            full = getattr(full_mnist_idx, name)[:count]
+            np.testing.assert_array_equal(getattr(mnist_idx, name), full, err_msg=name)
 
 
 def _sorted_examples(images, labels):
@@ -28,20 +45,35 @@ def _sorted_examples(images, labels):
     return rows[np.lexsort(rows.T[::-1])]
 
 
-@pytest.mark.slow
-def test_tfds_and_idx_readers_give_the_same_examples(mnist_tfds, mnist_idx):
+def assert_same_examples(tfds_dataset, idx_dataset):
     # TFDS shuffled the records when it prepared the dataset: same examples, other order.
-    assert mnist_tfds.image_shape == mnist_idx.image_shape
+    assert tfds_dataset.image_shape == idx_dataset.image_shape
     for split in ("train", "test"):
-        tfds_images, idx_images = (getattr(d, f"{split}_images") for d in (mnist_tfds, mnist_idx))
-        tfds_labels, idx_labels = (getattr(d, f"{split}_labels") for d in (mnist_tfds, mnist_idx))
+        tfds_images, idx_images = (
+            getattr(d, f"{split}_images") for d in (tfds_dataset, idx_dataset)
+        )
+        tfds_labels, idx_labels = (
+            getattr(d, f"{split}_labels") for d in (tfds_dataset, idx_dataset)
+        )
         assert tfds_images.shape == idx_images.shape and tfds_images.dtype == idx_images.dtype
         assert tfds_labels.dtype == idx_labels.dtype == np.int32
+        assert not np.array_equal(tfds_labels, idx_labels)  # the orders differ
         np.testing.assert_array_equal(
             _sorted_examples(tfds_images, tfds_labels),
             _sorted_examples(idx_images, idx_labels),
             err_msg=split,
         )
+
+
+def test_tfds_and_idx_readers_give_the_same_examples(mnist_tfds, mnist_idx):
+    assert_same_examples(mnist_tfds, mnist_idx)
+
+
+@pytest.mark.slow
+def test_tfds_and_idx_readers_give_the_same_examples_on_all_of_mnist(full_data, full_mnist_idx):
+    full_tfds = data.load_dataset("mnist", str(full_data / "tensorflow_datasets"))
+    assert len(full_tfds.train_images) == 60000
+    assert_same_examples(full_tfds, full_mnist_idx)
 
 
 def test_num_train_keeps_the_first_images(tfds_dir, idx_dir, mnist_idx, mnist_tfds):
@@ -50,29 +82,67 @@ def test_num_train_keeps_the_first_images(tfds_dir, idx_dir, mnist_idx, mnist_tf
         np.testing.assert_array_equal(subset.train_images, full.train_images[:300])
         np.testing.assert_array_equal(subset.train_labels, full.train_labels[:300])
         np.testing.assert_array_equal(subset.test_images, full.test_images)
-    with pytest.raises(InputError, match="--num_train=70000 exceeds the 60000"):
+    with pytest.raises(InputError, match=f"--num_train=70000 exceeds the {SLICE_NUM_TRAIN}"):
         data.load_dataset("mnist", str(idx_dir), num_train=70000)
 
 
-def test_missing_dataset_names_the_places_looked_in(tmp_path, monkeypatch):
-    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
-    with pytest.raises(InputError) as error:
-        data.load_dataset("mnist", str(tmp_path))
-    message = str(error.value)
-    assert "mnist" in message and str(tmp_path) in message and "--data_dir" in message
-    assert "\n" not in message
-    # TFDS's default data dir, through the standard environment variable.
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "empty"))
-    with pytest.raises(InputError, match="TFDS's default data dir"):
-        data.load_dataset("fashion_mnist", None)
+# --- Which copy is read: find_data ------------------------------------------------------
 
 
-def test_tfds_default_data_dir_honours_the_environment(tfds_dir, monkeypatch):
+def test_a_data_dir_holding_data_is_read_as_it_is(tfds_dir, idx_dir, tmp_path):
+    assert data.find_data("mnist", str(tfds_dir)) == ("tfds", str(tfds_dir))
+    assert data.find_data("mnist", str(idx_dir)) == ("idx", str(idx_dir))
+    # Plain (uncompressed) IDX files are a user's copy too.
+    for path in idx_dir.glob("*.gz"):
+        (tmp_path / path.name[:-3]).write_bytes(gzip.decompress(path.read_bytes()))
+    assert data.find_data("mnist", str(tmp_path), allow_download=False) == ("idx", str(tmp_path))
+
+
+def test_tfds_default_data_dir_comes_before_the_cache(tfds_dir, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
+    assert data.find_data("mnist") == ("tfds", str(tfds_dir))
     assert len(data.load_dataset("mnist", None, num_train=10).train_images) == 10
 
 
-def test_unknown_dataset_name(tfds_dir):
+def test_with_no_copy_mnist_goes_to_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for name in ("mnist", "fashion_mnist"):
+        with pytest.raises(InputError) as error:
+            data.find_data(name, allow_download=False)
+        message = str(error.value)
+        assert str(tmp_path / "xdg" / "vae_jax" / name) in message
+        assert "t10k-labels-idx1-ubyte.gz" in message and "--nodownload" in message
+        assert "\n" not in message
+    assert not (tmp_path / "xdg").exists()  # --nodownload creates nothing
+
+
+def test_empty_or_new_data_dir_is_downloaded_into(tmp_path, idx_dir):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "cut_short").mkdir()
+    shutil.copy(idx_dir / "train-images-idx3-ubyte.gz", tmp_path / "cut_short")
+    for folder in ("empty", "new"):
+        # The download is asked for (and refused: tests have no network).
+        with pytest.raises(InputError, match="cannot download mnist: http://127.0.0.1"):
+            data.find_data("mnist", str(tmp_path / folder))
+    # A download cut short is completed, after verifying what it holds (a slice file,
+    # not the published one, here): nothing is deleted.
+    with pytest.raises(InputError, match="train-images-idx3-ubyte.gz is not the published"):
+        data.find_data("mnist", str(tmp_path / "cut_short"))
+    assert (tmp_path / "cut_short" / "train-images-idx3-ubyte.gz").is_file()
+
+
+def test_a_data_dir_of_other_files_is_not_downloaded_into(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError) as error:
+        data.load_dataset("mnist", str(tmp_path))
+    message = str(error.value)
+    assert f"dataset mnist not found in {tmp_path}" in message and "--data_dir" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_datasets_we_do_not_download_are_tfds_s_to_find(tmp_path, tfds_dir):
+    with pytest.raises(InputError, match="dataset kmnist not found in .*downloads mnist and"):
+        data.load_dataset("kmnist", None)
     with pytest.raises(InputError, match="--dataset=mnistt is not a TFDS dataset name"):
         data.load_dataset("mnistt", str(tfds_dir))
 
@@ -87,7 +157,7 @@ def test_truncated_idx_file(idx_dir, tmp_path):
     folder = _copy_idx(idx_dir, tmp_path)
     raw = gzip.decompress((folder / "t10k-labels-idx1-ubyte.gz").read_bytes())
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw[:-10]))
-    with pytest.raises(InputError, match="t10k-labels-idx1-ubyte.gz holds 9998 bytes"):
+    with pytest.raises(InputError, match=f"t10k-labels-idx1-ubyte.gz holds {SLICE_NUM_TEST - 2}"):
         data.load_dataset("mnist", str(folder))
 
 
@@ -101,6 +171,11 @@ def test_corrupt_and_foreign_files(idx_dir, tmp_path):
     with pytest.raises(InputError, match="not a uint8 IDX file"):
         data.load_dataset("mnist", str(folder))
     target.unlink()
+    # Three of the four .gz files look like a download cut short: the download verifies
+    # them first, and these (a slice, not the published files) fail.
+    with pytest.raises(InputError, match="train-images-idx3-ubyte.gz is not the published mnist"):
+        data.load_dataset("mnist", str(folder), allow_download=False)
+    (folder / "README.txt").write_text("my own IDX files")
     with pytest.raises(InputError, match="no t10k-images-idx3-ubyte"):
         data.load_dataset("mnist", str(folder))
 

@@ -137,10 +137,14 @@ def test_unwritable_workdir(tfds_dir, tmp_path):
 
 
 def test_missing_data_is_one_line(tmp_path):
-    result = run_main(f"--data_dir={tmp_path / 'nothing_here'}", f"--workdir={tmp_path / 'w'}")
+    data_dir = tmp_path / "nothing_here"
+    result = run_main(f"--data_dir={data_dir}", f"--workdir={tmp_path / 'w'}", "--nodownload")
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0
-    assert "dataset mnist not found in --data_dir" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert f"t10k-labels-idx1-ubyte.gz missing in {data_dir} and downloads are off" in (
+        result.stderr
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither folder was made
 
 
 def test_an_earlier_run_is_kept(tfds_dir, tmp_path):

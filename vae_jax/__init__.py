@@ -2,7 +2,8 @@
 
 Where things are: models.py (Encoder, Decoder, ConvEncoder, ConvDecoder, VAE,
 reparameterize), losses.py (per-example loss terms: ELBO, IWAE bound, free bits),
-schedules.py (beta schedules), data.py (TFDS and IDX readers), train.py (train_step,
+schedules.py (beta schedules), data.py (which copy to read; TFDS and IDX readers),
+download.py (the IDX files from the mirrors, verified), train.py (train_step,
 train_epoch, train_and_evaluate), sweep.py (S models in one vmapped program),
 parallel.py (devices and hosts), evaluate.py (likelihood bounds), plots.py, config.py.
 """

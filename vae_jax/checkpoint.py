@@ -40,6 +40,7 @@ RESUMABLE_CHANGES = frozenset(
         "workdir",
         "overwrite",
         "data_dir",
+        "download",
         "checkpoint_every",
         "keep_checkpoints",
         "on_nan",

@@ -80,8 +80,15 @@ class Config:
     dataset: str = _field("mnist", "TFDS dataset name, e.g. mnist or fashion_mnist.")
     data_dir: str | None = _field(
         None,
-        "A TFDS data dir, or a folder of the four MNIST-format IDX files. "
-        "Default: TFDS's own ($TFDS_DATA_DIR, else ~/tensorflow_datasets).",
+        "A TFDS data dir, or a folder of the four MNIST-format IDX files (an empty or new "
+        "folder is downloaded into). Default: TFDS's own ($TFDS_DATA_DIR, else "
+        "~/tensorflow_datasets), else the download cache ($XDG_CACHE_HOME/vae_jax, else "
+        "~/.cache/vae_jax).",
+    )
+    download: bool = _field(
+        True,
+        "Download mnist or fashion_mnist (SHA-256 verified) when no copy is found; "
+        "--nodownload never touches the network. $VAE_JAX_MIRROR=URL replaces the mirrors.",
     )
     binarization: str = _field(
         "none",

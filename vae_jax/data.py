@@ -3,13 +3,15 @@
 Two readers give the same arrays:
 - `tfds.data_source` over a TFDS data dir prepared as array_record (no TensorFlow);
 - numpy over a folder holding the four IDX files (`train-images-idx3-ubyte[.gz]`, ...).
-Nothing is ever downloaded: missing data is an `InputError` that says where we looked.
+`find_data` decides which copy to read and, for mnist and fashion_mnist when there is
+none, fetches the IDX files with `vae_jax.download.download` (verified before use).
 
 Pixels stay uint8 here ([N, pixels], flattened); `to_unit_interval` and `binarize`
 turn them into model inputs in [0, 1] on the device.
 """
 
 import contextlib
+import glob
 import gzip
 import logging
 import os
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.download import DATASETS, cache_dir, download
 from vae_jax.errors import InputError
 
 IDX_FILES = {
@@ -43,23 +46,71 @@ class Dataset(NamedTuple):
     source: str  # where the arrays were read from, for logs
 
 
-def load_dataset(name: str, data_dir: str | None = None, num_train: int = 0) -> Dataset:
+class DataLocation(NamedTuple):
+    """Where a dataset is read from: `format` is "idx" (a folder of the four IDX files)
+    or "tfds" (a TFDS data dir)."""
+
+    format: str
+    path: str
+
+
+def find_data(name: str, data_dir: str | None = None, allow_download: bool = True) -> DataLocation:
+    """Finds a copy of `name`, downloading mnist or fashion_mnist when there is none.
+
+    The first of these that applies:
+    1. `data_dir` holds all four IDX files, or a TFDS `name` prepared as array_record:
+       read it as it is.
+    2. `data_dir` does not exist, is empty or holds only some of the four `.gz` files (a
+       download cut short): the missing files are downloaded into it.
+    3. No `data_dir`: a TFDS data dir ($TFDS_DATA_DIR, else ~/tensorflow_datasets)
+       holding `name` prepared as array_record.
+    4. No `data_dir`: the cache (`vae_jax.download.cache_dir(name)`), where missing files
+       are downloaded and present ones verified.
+    Anything else is TFDS's to find, and its failure an InputError saying where we looked.
+
+    Args:
+      allow_download: False never touches the network: a copy that would be downloaded
+        is an InputError naming the missing files.
+    """
+    downloadable = name in DATASETS
+    if data_dir is not None:
+        if _tfds_prepared(data_dir, name):
+            return DataLocation("tfds", data_dir)
+        if all(_find_idx_file(data_dir, stem) for stem in IDX_FILES.values()):
+            return DataLocation("idx", data_dir)
+        if downloadable and _holds_only_downloads(data_dir, name):
+            return DataLocation("idx", download(name, data_dir, offline=not allow_download))
+        if _find_idx_file(data_dir, IDX_FILES[("train", "images")]):
+            return DataLocation("idx", data_dir)  # incomplete: read_idx_dir says what is missing
+        return DataLocation("tfds", data_dir)
+    # TFDS reads $TFDS_DATA_DIR once, at import; resolve it here so it holds per call.
+    tfds_dir = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    if downloadable and not _tfds_prepared(tfds_dir, name):
+        return DataLocation("idx", download(name, cache_dir(name), offline=not allow_download))
+    return DataLocation("tfds", tfds_dir)
+
+
+def load_dataset(
+    name: str, data_dir: str | None = None, num_train: int = 0, allow_download: bool = True
+) -> Dataset:
     """Reads a dataset's train and test splits into host memory.
 
     Args:
       name: TFDS dataset name (`mnist`, `fashion_mnist`, ...). Ignored when `data_dir`
         holds IDX files, which are read whatever their content.
-      data_dir: a TFDS data dir, or a folder of the four IDX files; None uses TFDS's
-        default (`$TFDS_DATA_DIR`, else ~/tensorflow_datasets).
+      data_dir: a TFDS data dir, or a folder of the four IDX files; None looks in TFDS's
+        default data dir, then in the cache (see `find_data` for the order).
       num_train: keep the first `num_train` training images; 0 keeps all.
+      allow_download: whether a missing mnist or fashion_mnist may be downloaded.
 
     Raises:
-      InputError: the data are missing, unreadable or malformed.
+      InputError: the data are missing, unreadable or malformed, or cannot be downloaded.
     """
-    if data_dir is not None and _find_idx_file(data_dir, IDX_FILES[("train", "images")]):
-        dataset = read_idx_dir(data_dir)
+    location = find_data(name, data_dir, allow_download)
+    if location.format == "idx":
+        dataset = read_idx_dir(location.path)
     else:
-        dataset = read_tfds(name, data_dir, num_train)
+        dataset = read_tfds(name, location.path, num_train)
     if num_train:
         if num_train > len(dataset.train_images):
             raise InputError(
@@ -71,6 +122,21 @@ def load_dataset(name: str, data_dir: str | None = None, num_train: int = 0) -> 
             train_labels=dataset.train_labels[:num_train],
         )
     return dataset
+
+
+def _tfds_prepared(data_dir: str, name: str) -> bool:
+    """Whether `data_dir` holds `name` prepared as array_record (readable without TF)."""
+    pattern = os.path.join(glob.escape(data_dir), name, "*", f"{name}-train.array_record*")
+    return bool(glob.glob(pattern))
+
+
+def _holds_only_downloads(folder: str, name: str) -> bool:
+    """Whether `folder` is missing, empty, or holds nothing but `name`'s download files
+    (hidden files, such as the download's lock and temporary files, aside)."""
+    if not os.path.isdir(folder):
+        return not os.path.exists(folder)
+    names = {remote.name for remote in DATASETS[name].files}
+    return all(entry in names or entry.startswith(".") for entry in os.listdir(folder))
 
 
 # --- IDX files -----------------------------------------------------------------------
@@ -158,7 +224,7 @@ def _quiet_absl_warnings():
         logger.setLevel(level)
 
 
-def read_tfds(name: str, data_dir: str | None, num_train: int = 0) -> Dataset:
+def read_tfds(name: str, data_dir: str, num_train: int = 0) -> Dataset:
     """Reads `name`'s train and test splits through `tfds.data_source` (array_record).
 
     Only the first `num_train` training records are decoded when it is non-zero. TFDS
@@ -167,15 +233,9 @@ def read_tfds(name: str, data_dir: str | None, num_train: int = 0) -> Dataset:
     """
     import tensorflow_datasets as tfds  # Deferred: costs ~0.3 s and only this path needs it.
 
-    where = "--data_dir" if data_dir else "TFDS's default data dir"
-    # TFDS reads $TFDS_DATA_DIR once, at import; resolve it here so it holds per call.
-    data_dir = (
-        data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-    )
-    looked_in = data_dir
     how_to_fix = (
-        f"point --data_dir at a TFDS data dir holding {name} prepared as array_record "
-        "(or at a folder of the four MNIST IDX files), or set TFDS_DATA_DIR"
+        f"point --data_dir at a TFDS data dir holding {name} prepared as array_record, or "
+        f"at a folder of the four IDX files (vae_jax downloads {' and '.join(DATASETS)} only)"
     )
     with _quiet_absl_warnings():
         try:
@@ -185,11 +245,9 @@ def read_tfds(name: str, data_dir: str | None, num_train: int = 0) -> Dataset:
                 f"--dataset={name} is not a TFDS dataset name; use e.g. mnist or fashion_mnist"
             ) from None
         except Exception:  # TFDS raises several types for "not prepared here".
-            raise InputError(
-                f"dataset {name} not found in {where} ({looked_in}); {how_to_fix}"
-            ) from None
+            raise InputError(f"dataset {name} not found in {data_dir}; {how_to_fix}") from None
         if not all(split in sources for split in ("train", "test")):
-            raise InputError(f"dataset {name} not found in {where} ({looked_in}); {how_to_fix}")
+            raise InputError(f"dataset {name} not found in {data_dir}; {how_to_fix}")
         splits = {}
         for split in ("train", "test"):
             source = sources[split]
@@ -198,7 +256,7 @@ def read_tfds(name: str, data_dir: str | None, num_train: int = 0) -> Dataset:
                 records = source.__getitems__(range(count))
             except Exception as e:
                 raise InputError(
-                    f"cannot read {name}/{split} from {looked_in}: {e}; "
+                    f"cannot read {name}/{split} from {data_dir}: {e}; "
                     "re-prepare the dataset or use the IDX files"
                 ) from None
             splits[split] = (
@@ -218,7 +276,7 @@ def read_tfds(name: str, data_dir: str | None, num_train: int = 0) -> Dataset:
         test_images=splits["test"][0].reshape(-1, num_pixels),
         test_labels=splits["test"][1],
         image_shape=tuple(int(d) for d in image_shape),
-        source=f"TFDS {name} in {looked_in}",
+        source=f"TFDS {name} in {data_dir}",
     )
 
 

@@ -320,7 +320,9 @@ def load_run(workdir: str, data_dir: str | None = None):
     except (ValueError, TypeError) as e:
         raise InputError(f"{paths[CONFIG_FILE]} is not a vae_jax config ({e})") from None
     # Only the test split is used: read one training image, not all of them.
-    dataset = data.load_dataset(config.dataset, data_dir or config.data_dir, num_train=1)
+    dataset = data.load_dataset(
+        config.dataset, data_dir or config.data_dir, num_train=1, allow_download=config.download
+    )
     model = build_model(config, dataset.image_shape)
     template = model.init(jax.random.key(0), jnp.zeros((1, model.image_size)), jax.random.key(0))[
         "params"

@@ -57,7 +57,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings are --flags")
-    from vae_jax import train  # Deferred: importing JAX is slow, and --help should be fast.
+    # Deferred: importing JAX is slow, and --help should be fast.
+    from vae_jax import data, train
 
     # The console is for our progress lines: JAX's notes on absent accelerator plugins and
     # orbax's record of each checkpoint operation are INFO logs, kept off it.
@@ -69,11 +70,17 @@ def main(argv: list[str]) -> None:
             from vae_jax import parallel
 
             parallel.initialize(config.coordinator_address, config.num_processes, config.process_id)
+        # Fetch missing data before Ctrl-C comes to mean "finish this epoch": a download
+        # stops at once, keeping only the files it had verified.
+        data.find_data(config.dataset, config.data_dir, config.download)
         with StopOnSignal() as stop:
             record = train.train_and_evaluate(config, should_stop=stop.requested)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted before training began; nothing was written", file=sys.stderr)
+        sys.exit(130)
     if record.get("stopped"):
         sys.exit(128 + stop.signal_number)
 

@@ -375,7 +375,9 @@ def train_and_evaluate(
     # function of its config, so nothing is lost).
     restarting = not resuming and is_same_run(workdir, config)
     prepare_workdir(config, () if resuming or restarting else OUTPUTS)
-    dataset = data.load_dataset(config.dataset, config.data_dir, config.num_train)
+    dataset = data.load_dataset(
+        config.dataset, config.data_dir, config.num_train, allow_download=config.download
+    )
     num_train = len(dataset.train_images)
     if config.batch_size > num_train:
         raise InputError(

@@ -1,0 +1,409 @@
+"""Fetches the MNIST-format IDX files from public mirrors, verified before use.
+
+    from vae_jax.download import download
+    folder = download("mnist")  # $XDG_CACHE_HOME/vae_jax/mnist, else ~/.cache/vae_jax/mnist
+    dataset = vae_jax.data.read_idx_dir(folder)
+
+A file gets its final name only once its SHA-256 matches the pinned value: it is streamed
+into a temporary file in the target folder while it is hashed, then moved into place with
+`os.replace`, which is atomic. A failed, corrupt or interrupted download leaves nothing
+under the final name, and a reader never sees half a file. Processes filling one folder
+take turns through a lock file (where the OS has `fcntl`); without one they would each
+download and replace, which is wasteful but still safe.
+"""
+
+import contextlib
+import hashlib
+import http.client
+import os
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from vae_jax.errors import InputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, still safe (see the module docstring).
+    fcntl = None
+
+MIRROR_ENV = "VAE_JAX_MIRROR"  # one base URL that replaces a dataset's mirror list
+TMP_SUFFIX = ".part"
+LOCK_FILE = ".vae_jax.lock"
+STALE_TMP_S = 3600.0  # a temporary file untouched this long was left by a killed process
+_CHUNK_BYTES = 1 << 16
+# HTTP statuses worth asking the same mirror again for; other 4xx answers are final.
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class RemoteFile(NamedTuple):
+    """One file of a dataset, under the same name on every mirror and on disk."""
+
+    name: str  # e.g. "train-images-idx3-ubyte.gz"
+    sha256: str  # of the published .gz bytes
+    # Of the decompressed bytes, when pinned: a recompressed copy verifies through it.
+    raw_sha256: str | None = None
+
+
+class RemoteDataset(NamedTuple):
+    mirrors: tuple[str, ...]  # base URLs, tried in order
+    files: tuple[RemoteFile, ...]
+
+
+# The published .gz digests are the ones TFDS pins (tensorflow_datasets/url_checksums);
+# tests/test_download.py checks them against the installed TFDS.
+DATASETS = {
+    "mnist": RemoteDataset(
+        mirrors=(
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        ),
+        files=(
+            RemoteFile(
+                "train-images-idx3-ubyte.gz",
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            ),
+            RemoteFile(
+                "train-labels-idx1-ubyte.gz",
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            ),
+            RemoteFile(
+                "t10k-images-idx3-ubyte.gz",
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            ),
+            RemoteFile(
+                "t10k-labels-idx1-ubyte.gz",
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            ),
+        ),
+    ),
+    "fashion_mnist": RemoteDataset(
+        mirrors=(
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        ),
+        files=(
+            RemoteFile(
+                "train-images-idx3-ubyte.gz",
+                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            ),
+            RemoteFile(
+                "train-labels-idx1-ubyte.gz",
+                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            ),
+            RemoteFile(
+                "t10k-images-idx3-ubyte.gz",
+                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            ),
+            RemoteFile(
+                "t10k-labels-idx1-ubyte.gz",
+                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            ),
+        ),
+    ),
+}
+
+
+def cache_dir(name: str) -> str:
+    """Where `download(name)` puts its files: $XDG_CACHE_HOME/vae_jax/<name>, else
+    ~/.cache/vae_jax/<name>."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "vae_jax", name)
+
+
+def mirrors(name: str) -> tuple[str, ...]:
+    """The base URLs to try for `name`: $VAE_JAX_MIRROR alone when set, else the list."""
+    override = os.environ.get(MIRROR_ENV)
+    urls = (override,) if override else DATASETS[name].mirrors
+    return tuple(url if url.endswith("/") else url + "/" for url in urls)
+
+
+def download(
+    name: str,
+    folder: str | None = None,
+    *,
+    offline: bool = False,
+    timeout_s: float = 30.0,
+    attempts: int = 3,
+    backoff_s: float = 1.0,
+    progress: bool | None = None,
+) -> str:
+    """Makes `folder` hold `name`'s four IDX files, verified; fetches the missing ones.
+
+    Files already there are checked against their pinned SHA-256 (a few tens of ms) and
+    never replaced: one that fails is an error that says to delete it.
+
+    Args:
+      name: a key of `DATASETS` (`mnist`, `fashion_mnist`).
+      folder: where the files go; None is `cache_dir(name)`. Created if missing.
+      offline: never touch the network; missing files are an error naming them.
+      timeout_s: seconds without an answer before a connection attempt fails.
+      attempts: tries per mirror for errors that may pass (timeouts, dropped
+        connections, HTTP 5xx and 429); a wrong checksum, a refused connection, an
+        unknown host or an HTTP 404 moves on to the next mirror at once.
+      backoff_s: wait before the second try; doubled before each later one.
+      progress: a progress bar per file; None shows them only on a terminal.
+
+    Returns:
+      `folder`.
+
+    Raises:
+      InputError: unknown `name`, a file that fails verification, `offline` with files
+        missing, a folder that cannot be written, or every mirror failing for a file
+        (the message lists each URL tried with its error).
+    """
+    if name not in DATASETS:
+        raise InputError(
+            f"cannot download {name}: only {', '.join(DATASETS)} are known; "
+            "point --data_dir at a folder of its four IDX files"
+        )
+    folder = folder or cache_dir(name)
+    if not _check_present_files(name, folder, offline):
+        return folder  # All there and verified: the folder may even be read-only.
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create {folder} for {name}: {e.strerror}") from None
+    with _folder_lock(folder):
+        _remove_stale_temporary_files(folder)
+        # Again, under the lock: another process may have fetched some meanwhile.
+        missing = _check_present_files(name, folder, offline=False)
+        used = []
+        urls = list(mirrors(name))
+        for remote in missing:
+            url = _fetch_from_mirrors(
+                name, remote, urls, folder, timeout_s, attempts, backoff_s, progress
+            )
+            base = url[: -len(remote.name)]
+            used.append(base)
+            urls.remove(base)  # the mirror that answered is asked first for the next file
+            urls.insert(0, base)
+    if missing:
+        print(
+            f"{name}: downloaded {len(missing)} file(s) from {', '.join(dict.fromkeys(used))}, "
+            f"SHA-256 verified, into {folder}",
+            flush=True,
+        )
+    return folder
+
+
+# --- Verification ----------------------------------------------------------------------
+
+
+class _Digest:
+    """SHA-256 of a .gz stream and, when pinned, of its decompressed bytes, in one pass."""
+
+    def __init__(self, remote: RemoteFile):
+        self.remote = remote
+        self.num_bytes = 0
+        self._gz = hashlib.sha256()
+        self._raw = hashlib.sha256() if remote.raw_sha256 else None
+        self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)  # gzip framing
+
+    def update(self, chunk: bytes) -> None:
+        self.num_bytes += len(chunk)
+        self._gz.update(chunk)
+        if self._raw is None:
+            return
+        try:
+            while chunk:
+                self._raw.update(self._inflate.decompress(chunk))
+                # A gzip file may hold several members: start afresh after each.
+                chunk = self._inflate.unused_data if self._inflate.eof else b""
+                if chunk:
+                    self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        except zlib.error:
+            self._raw = None  # not gzip: only the .gz digest can still match
+
+    def verified(self) -> bool:
+        if self._gz.hexdigest() == self.remote.sha256:
+            return True
+        return (
+            self._raw is not None
+            and self._inflate.eof
+            and self._raw.hexdigest() == self.remote.raw_sha256
+        )
+
+    def describe(self) -> str:
+        return (
+            f"SHA-256 {self._gz.hexdigest()[:12]}... of {self.num_bytes} bytes matches neither "
+            f"the published {self.remote.sha256[:12]}..."
+            + (" nor, decompressed, the pinned IDX digest" if self.remote.raw_sha256 else "")
+        )
+
+
+def verify_file(path: str, remote: RemoteFile) -> bool:
+    """Whether the file at `path` is `remote`: its .gz or decompressed SHA-256 matches."""
+    digest = _Digest(remote)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.verified()
+
+
+def _check_present_files(name: str, folder: str, offline: bool) -> list[RemoteFile]:
+    """Verifies the files already in `folder`; returns the missing ones."""
+    missing = []
+    for remote in DATASETS[name].files:
+        path = os.path.join(folder, remote.name)
+        if not os.path.isfile(path):
+            missing.append(remote)
+        elif not verify_file(path, remote):
+            raise InputError(
+                f"{path} is not the published {name} file (its SHA-256 does not match); "
+                "delete it and run again to download a good copy"
+            )
+    if offline and missing:
+        raise InputError(
+            f"{name}: {', '.join(r.name for r in missing)} missing in {folder} and downloads "
+            f"are off; drop --nodownload, or put the four IDX files there (or in a folder "
+            "passed as --data_dir)"
+        )
+    return missing
+
+
+# --- Fetching --------------------------------------------------------------------------
+
+
+class _ChecksumError(Exception):
+    pass
+
+
+class _WriteError(Exception):
+    pass
+
+
+class _NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, except from https to plain http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if req.full_url.startswith("https:") and not newurl.startswith("https:"):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"refused redirect from https to {newurl}", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch_from_mirrors(
+    name, remote, urls, folder, timeout_s, attempts, backoff_s, progress
+) -> str:
+    """Fetches one file from the first mirror that serves it verified; returns its URL."""
+    errors = []
+    for base in urls:
+        url = base + remote.name
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(backoff_s * 2 ** (attempt - 1))
+            try:
+                _fetch(url, remote, folder, timeout_s, progress)
+                return url
+            except _ChecksumError as e:
+                error, retry = f"refused, {e}", False
+            except _WriteError as e:
+                raise InputError(f"cannot write {name} into {folder}: {e}") from None
+            except urllib.error.HTTPError as e:
+                error, retry = f"HTTP {e.code} {e.reason}", e.code in _RETRY_STATUSES
+            except urllib.error.URLError as e:
+                # Refused, or no such host: an answer, not a hiccup (offline, mostly).
+                final = isinstance(e.reason, (ConnectionRefusedError, socket.gaierror))
+                error, retry = str(e.reason), not final
+            except (OSError, http.client.HTTPException) as e:  # timeouts, dropped connections
+                error, retry = f"{type(e).__name__}: {e}", True
+            if not retry:
+                break
+        errors.append(f"{url} ({error})")
+    raise InputError(
+        f"cannot download {name}: {'; '.join(errors)}. Check the connection and run again, "
+        f"or put the four IDX files in a folder and pass --data_dir=FOLDER, or set "
+        f"{MIRROR_ENV}=URL to a mirror that serves them"
+    )
+
+
+def _fetch(url: str, remote: RemoteFile, folder: str, timeout_s: float, progress) -> None:
+    """Streams `url` into a temporary file in `folder`; moves it to its name once verified."""
+    from tqdm import tqdm  # Deferred: only a download needs it.
+
+    try:
+        handle, temporary = tempfile.mkstemp(
+            dir=folder, prefix=f".{remote.name}.", suffix=TMP_SUFFIX
+        )
+    except OSError as e:
+        raise _WriteError(e.strerror) from None
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "vae_jax"})
+        opener = urllib.request.build_opener(_NoDowngradeRedirects)
+        with os.fdopen(handle, "wb") as out, opener.open(request, timeout=timeout_s) as response:
+            length = response.headers.get("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            digest = _Digest(remote)
+            with tqdm(
+                total=expected,
+                desc=remote.name,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                disable=None if progress is None else not progress,
+                file=sys.stderr,
+            ) as bar:
+                while chunk := response.read(_CHUNK_BYTES):
+                    digest.update(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as e:
+                        raise _WriteError(e.strerror) from None
+                    bar.update(len(chunk))
+            # http.client ends a body cut short quietly: compare with what was announced.
+            if expected is not None and digest.num_bytes != expected:
+                raise http.client.IncompleteRead(b"", expected - digest.num_bytes)
+            if not digest.verified():
+                raise _ChecksumError(digest.describe())
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+                os.fchmod(out.fileno(), 0o644)  # mkstemp made it private to its owner
+            except OSError as e:
+                raise _WriteError(e.strerror) from None
+        os.replace(temporary, os.path.join(folder, remote.name))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str) -> Iterator[None]:
+    """Holds an exclusive lock on `folder` (released by the OS if the process dies)."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        handle = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise InputError(f"cannot write into {folder}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process filling {folder}", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # Releases the lock.
+
+
+def _remove_stale_temporary_files(folder: str) -> None:
+    now = time.time()
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat().st_mtime > STALE_TMP_S:
+                    os.remove(entry.path)
