@@ -13,6 +13,7 @@ download and replace, which is wasteful but still safe.
 """
 
 import contextlib
+import gzip
 import hashlib
 import http.client
 import os
@@ -200,55 +201,28 @@ def download(
 # --- Verification ----------------------------------------------------------------------
 
 
-class _Digest:
-    """SHA-256 of a .gz stream and, when pinned, of its decompressed bytes, in one pass."""
-
-    def __init__(self, remote: RemoteFile):
-        self.remote = remote
-        self.num_bytes = 0
-        self._gz = hashlib.sha256()
-        self._raw = hashlib.sha256() if remote.raw_sha256 else None
-        self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)  # gzip framing
-
-    def update(self, chunk: bytes) -> None:
-        self.num_bytes += len(chunk)
-        self._gz.update(chunk)
-        if self._raw is None:
-            return
-        try:
-            while chunk:
-                self._raw.update(self._inflate.decompress(chunk))
-                # A gzip file may hold several members: start afresh after each.
-                chunk = self._inflate.unused_data if self._inflate.eof else b""
-                if chunk:
-                    self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-        except zlib.error:
-            self._raw = None  # not gzip: only the .gz digest can still match
-
-    def verified(self) -> bool:
-        if self._gz.hexdigest() == self.remote.sha256:
-            return True
-        return (
-            self._raw is not None
-            and self._inflate.eof
-            and self._raw.hexdigest() == self.remote.raw_sha256
-        )
-
-    def describe(self) -> str:
-        return (
-            f"SHA-256 {self._gz.hexdigest()[:12]}... of {self.num_bytes} bytes matches neither "
-            f"the published {self.remote.sha256[:12]}..."
-            + (" nor, decompressed, the pinned IDX digest" if self.remote.raw_sha256 else "")
-        )
-
-
 def verify_file(path: str, remote: RemoteFile) -> bool:
-    """Whether the file at `path` is `remote`: its .gz or decompressed SHA-256 matches."""
-    digest = _Digest(remote)
+    """Whether the file at `path` is `remote`: its SHA-256 or, when that is pinned, the
+    SHA-256 of its decompressed bytes matches."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK_BYTES):
             digest.update(chunk)
-    return digest.verified()
+    return digest.hexdigest() == remote.sha256 or _decompressed_matches(path, remote)
+
+
+def _decompressed_matches(path: str, remote: RemoteFile) -> bool:
+    """Whether `path` decompresses to the pinned IDX bytes (a recompressed copy)."""
+    if remote.raw_sha256 is None:
+        return False
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(_CHUNK_BYTES):
+                digest.update(chunk)
+    except (OSError, EOFError, zlib.error):  # not gzip, or cut short
+        return False
+    return digest.hexdigest() == remote.raw_sha256
 
 
 def _check_present_files(name: str, folder: str, offline: bool) -> list[RemoteFile]:
@@ -345,7 +319,7 @@ def _fetch(url: str, remote: RemoteFile, folder: str, timeout_s: float, progress
         with os.fdopen(handle, "wb") as out, opener.open(request, timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
-            digest = _Digest(remote)
+            digest, num_bytes = hashlib.sha256(), 0
             with tqdm(
                 total=expected,
                 desc=remote.name,
@@ -357,22 +331,27 @@ def _fetch(url: str, remote: RemoteFile, folder: str, timeout_s: float, progress
             ) as bar:
                 while chunk := response.read(_CHUNK_BYTES):
                     digest.update(chunk)
+                    num_bytes += len(chunk)
                     try:
                         out.write(chunk)
                     except OSError as e:
                         raise _WriteError(e.strerror) from None
                     bar.update(len(chunk))
             # http.client ends a body cut short quietly: compare with what was announced.
-            if expected is not None and digest.num_bytes != expected:
-                raise http.client.IncompleteRead(b"", expected - digest.num_bytes)
-            if not digest.verified():
-                raise _ChecksumError(digest.describe())
+            if expected is not None and num_bytes != expected:
+                raise http.client.IncompleteRead(b"", expected - num_bytes)
             try:
                 out.flush()
                 os.fsync(out.fileno())
-                os.fchmod(out.fileno(), 0o644)  # mkstemp made it private to its owner
             except OSError as e:
                 raise _WriteError(e.strerror) from None
+        if digest.hexdigest() != remote.sha256 and not _decompressed_matches(temporary, remote):
+            raise _ChecksumError(
+                f"SHA-256 {digest.hexdigest()[:12]}... of {num_bytes} bytes matches neither the "
+                f"published {remote.sha256[:12]}..."
+                + (" nor, decompressed, the pinned IDX digest" if remote.raw_sha256 else "")
+            )
+        os.chmod(temporary, 0o644)  # mkstemp made it private to its owner
         os.replace(temporary, os.path.join(folder, remote.name))
     finally:
         with contextlib.suppress(FileNotFoundError):
