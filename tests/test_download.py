@@ -197,12 +197,15 @@ def test_a_file_in_the_folder_that_fails_verification_is_kept_and_named(pin_slic
     assert (tmp_path / "t10k-labels-idx1-ubyte.gz").read_bytes() == b"something else"
 
 
-def test_unwritable_folder_and_unknown_dataset(tmp_path):
+def test_unwritable_folder_unknown_dataset_and_bad_mirror_url(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="cannot create .*file/mnist for mnist"):
         download.download("mnist", str(tmp_path / "file" / "mnist"))
     with pytest.raises(InputError, match="cannot download cifar10: only mnist, fashion_mnist"):
         download.download("cifar10", str(tmp_path))
+    monkeypatch.setenv(download.MIRROR_ENV, "127.0.0.1:8000")
+    with pytest.raises(InputError, match="VAE_JAX_MIRROR=127.0.0.1:8000 is not an http"):
+        download.download("mnist", str(tmp_path / "m"))
 
 
 def test_stale_temporary_files_are_removed(serve, pin_slice, tmp_path):
@@ -283,13 +286,6 @@ def test_fashion_mnist_goes_to_its_own_cache_folder(serve, pin_slice, tmp_path, 
     assert dataset.source == f"IDX files in {tmp_path / 'vae_jax' / 'fashion_mnist'}"
     assert dataset.train_images.shape == (100, 784)
     assert folder_names(tmp_path / "vae_jax" / "fashion_mnist") == sorted(FILE_NAMES)
-
-
-def test_fashion_mnist_mirrors_are_the_published_ones():
-    assert download.DATASETS["fashion_mnist"].mirrors == (
-        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    )
 
 
 # --- All of MNIST, with the real pinned digests ------------------------------------------

@@ -125,6 +125,11 @@ def cache_dir(name: str) -> str:
 def mirrors(name: str) -> tuple[str, ...]:
     """The base URLs to try for `name`: $VAE_JAX_MIRROR alone when set, else the list."""
     override = os.environ.get(MIRROR_ENV)
+    if override and not override.startswith(("http://", "https://")):
+        raise InputError(
+            f"{MIRROR_ENV}={override} is not an http:// or https:// URL; set it to the base "
+            "URL that serves the four .gz files, or unset it"
+        )
     urls = (override,) if override else DATASETS[name].mirrors
     return tuple(url if url.endswith("/") else url + "/" for url in urls)
 
@@ -232,7 +237,12 @@ def _check_present_files(name: str, folder: str, offline: bool) -> list[RemoteFi
         path = os.path.join(folder, remote.name)
         if not os.path.isfile(path):
             missing.append(remote)
-        elif not verify_file(path, remote):
+            continue
+        try:
+            verified = verify_file(path, remote)
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror}") from None
+        if not verified:
             raise InputError(
                 f"{path} is not the published {name} file (its SHA-256 does not match); "
                 "delete it and run again to download a good copy"
