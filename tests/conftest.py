@@ -7,9 +7,11 @@ need all of MNIST take the `full_data` fixture: the folder named by $VAE_JAX_SHA
 skipped, except under CI=true, where missing full data fails them.
 """
 
+import contextlib
 import os
 import pathlib
 import socket
+from collections.abc import Iterator
 
 import jax
 import pytest
@@ -22,19 +24,27 @@ SLICE_NUM_TRAIN, SLICE_NUM_TEST = 2048, 1024
 FULL_DATA_ENV = "VAE_JAX_SHARED_DATA"
 
 
+@contextlib.contextmanager
+def refusing_url() -> Iterator[str]:
+    """A URL on 127.0.0.1 whose port refuses connections: bound, never listening."""
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    try:
+        yield f"http://127.0.0.1:{refusing.getsockname()[1]}/"
+    finally:
+        refusing.close()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_network_and_no_home_data(tmp_path_factory):
     """Points every download at a local port that refuses connections, the cache at an
     empty folder and TFDS's default data dir at nothing, for this process and its
     subprocesses: a test reads only the data it names, and never reaches the internet."""
-    refusing = socket.socket()  # bound but never listening: connections are refused
-    refusing.bind(("127.0.0.1", 0))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VAE_JAX_MIRROR", f"http://127.0.0.1:{refusing.getsockname()[1]}/")
+    with refusing_url() as url, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VAE_JAX_MIRROR", url)
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         patch.setenv("TFDS_DATA_DIR", str(tmp_path_factory.mktemp("no_tfds_data")))
         yield
-    refusing.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import SLICE
+from conftest import SLICE, refusing_url
 from local_mirror import FILE_NAMES, Mirror, shared_files, slice_files
 
 from vae_jax import data, download
@@ -42,11 +41,8 @@ def serve():
 
 @pytest.fixture
 def dead_url():
-    """A URL on a port that refuses connections (bound, never listening)."""
-    refusing = socket.socket()
-    refusing.bind(("127.0.0.1", 0))
-    yield f"http://127.0.0.1:{refusing.getsockname()[1]}/"
-    refusing.close()
+    with refusing_url() as url:
+        yield url
 
 
 def slice_spec(mirrors=(), with_raw_digests=True) -> download.RemoteDataset:
