@@ -378,5 +378,8 @@ def test_ctrl_c_during_a_download_keeps_nothing_half_written(serve, tmp_path):
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert stderr.strip() == "interrupted before training began; nothing was written"
+    assert stderr.strip() == (
+        "interrupted before training began: the workdir is untouched, and a download "
+        "keeps only the files it had verified"
+    )
     assert folder_names(cache) == [] and not (tmp_path / "w").exists()

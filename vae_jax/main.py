@@ -79,7 +79,11 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted before training began; nothing was written", file=sys.stderr)
+        print(
+            "interrupted before training began: the workdir is untouched, and a download "
+            "keeps only the files it had verified",
+            file=sys.stderr,
+        )
         sys.exit(130)
     if record.get("stopped"):
         sys.exit(128 + stop.signal_number)
