@@ -174,7 +174,8 @@ def download(
             "point --data_dir at a folder of its four IDX files"
         )
     folder = folder or cache_dir(name)
-    if not _check_present_files(name, folder, offline):
+    missing = _check_present_files(name, folder, offline)
+    if not missing:
         return folder  # All there and verified: the folder may even be read-only.
     try:
         os.makedirs(folder, exist_ok=True)
@@ -182,8 +183,9 @@ def download(
         raise InputError(f"cannot create {folder} for {name}: {e.strerror}") from None
     with _folder_lock(folder):
         _remove_stale_temporary_files(folder)
-        # Again, under the lock: another process may have fetched some meanwhile.
-        missing = _check_present_files(name, folder, offline=False)
+        # Under the lock, look again at what was missing: another process may have
+        # fetched some of it meanwhile.
+        missing = _check_present_files(name, folder, offline=False, files=tuple(missing))
         used = []
         urls = list(mirrors(name))
         for remote in missing:
@@ -209,31 +211,35 @@ def download(
 def verify_file(path: str, remote: RemoteFile) -> bool:
     """Whether the file at `path` is `remote`: its SHA-256 or, when that is pinned, the
     SHA-256 of its decompressed bytes matches."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest() == remote.sha256 or _decompressed_matches(path, remote)
+        return _sha256_of(f) == remote.sha256 or _decompressed_matches(path, remote)
+
+
+def _sha256_of(stream) -> str:
+    digest = hashlib.sha256()
+    while chunk := stream.read(_CHUNK_BYTES):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _decompressed_matches(path: str, remote: RemoteFile) -> bool:
     """Whether `path` decompresses to the pinned IDX bytes (a recompressed copy)."""
     if remote.raw_sha256 is None:
         return False
-    digest = hashlib.sha256()
     try:
         with gzip.open(path, "rb") as f:
-            while chunk := f.read(_CHUNK_BYTES):
-                digest.update(chunk)
+            return _sha256_of(f) == remote.raw_sha256
     except (OSError, EOFError, zlib.error):  # not gzip, or cut short
         return False
-    return digest.hexdigest() == remote.raw_sha256
 
 
-def _check_present_files(name: str, folder: str, offline: bool) -> list[RemoteFile]:
-    """Verifies the files already in `folder`; returns the missing ones."""
+def _check_present_files(
+    name: str, folder: str, offline: bool, files: tuple[RemoteFile, ...] | None = None
+) -> list[RemoteFile]:
+    """Verifies those of `files` (default: all of `name`'s) already in `folder`; returns
+    the missing ones."""
     missing = []
-    for remote in DATASETS[name].files:
+    for remote in DATASETS[name].files if files is None else files:
         path = os.path.join(folder, remote.name)
         if not os.path.isfile(path):
             missing.append(remote)
