@@ -1,8 +1,10 @@
 """The command line end to end, in a subprocess, on a small slice of real MNIST."""
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -157,3 +159,17 @@ def test_an_earlier_run_is_kept(tfds_dir, tmp_path):
     assert "already holds a run" in result.stderr and "--overwrite" in result.stderr
     assert hashlib.sha256((workdir / "metrics.jsonl").read_bytes()).hexdigest() == before
     assert os.listdir(workdir) == ["metrics.jsonl"]
+
+
+def test_an_interrupt_that_a_callback_swallowed_still_stops_before_training(capsys):
+    from vae_jax.errors import InputError
+    from vae_jax.main import InterruptBeforeTraining
+
+    with pytest.raises(SystemExit) as stopped, InterruptBeforeTraining():
+        # Dropped, as Python drops it when it lands in a garbage-collection callback.
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        raise InputError("the download went on and failed")
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.startswith("interrupted before training began")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

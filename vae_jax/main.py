@@ -70,23 +70,47 @@ def main(argv: list[str]) -> None:
             from vae_jax import parallel
 
             parallel.initialize(config.coordinator_address, config.num_processes, config.process_id)
-        # Fetch missing data before Ctrl-C comes to mean "finish this epoch": a download
-        # stops at once, keeping only the files it had verified.
-        data.find_data(config.dataset, config.data_dir, config.download)
+        # Fetch missing data before Ctrl-C comes to mean "finish this epoch".
+        with InterruptBeforeTraining():
+            data.find_data(config.dataset, config.data_dir, config.download)
         with StopOnSignal() as stop:
             record = train.train_and_evaluate(config, should_stop=stop.requested)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(
-            "interrupted before training began: the workdir is untouched, and a download "
-            "keeps only the files it had verified",
-            file=sys.stderr,
-        )
-        sys.exit(130)
     if record.get("stopped"):
         sys.exit(128 + stop.signal_number)
+
+
+class InterruptBeforeTraining:
+    """SIGINT stops the block at once and exits 130 with one line.
+
+    The signal raises KeyboardInterrupt as usual, and is also remembered: Python drops a
+    KeyboardInterrupt raised inside a garbage-collection callback (JAX installs one), and
+    the exit must not depend on where the signal happened to land.
+    """
+
+    def __init__(self):
+        self.interrupted = False
+
+    def _handle(self, signal_number, frame):
+        del signal_number, frame
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        signal.signal(signal.SIGINT, self._previous)
+        if self.interrupted or exc_type is KeyboardInterrupt:
+            print(
+                "interrupted before training began: the workdir is untouched, and a download "
+                "keeps only the files it had verified",
+                file=sys.stderr,
+            )
+            sys.exit(130)  # Replaces whatever the interrupted block raised.
 
 
 class StopOnSignal:
