@@ -17,6 +17,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import app, flags
 
 from vae_jax import data, parallel
@@ -100,7 +101,7 @@ def main(argv):
     key = jax.random.key(0)
     for batch_size in (int(b) for b in _BATCH_SIZES.value):
         parallel.check_batch_size(batch_size, mesh)
-        state = parallel.put_replicated(create_train_state(model, key, 1e-3), mesh)
+        state = parallel.put_replicated(create_train_state(model, key, optax.adam(1e-3)), mesh)
         epoch_key = parallel.put_replicated(key, mesh)
         compile_start = time.perf_counter()
         run_epoch = train_epoch.lower(

@@ -18,10 +18,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import app, flags
 
 from vae_jax import data, plots
-from vae_jax.evaluate import elbo_terms
+from vae_jax.bounds import elbo_terms
 from vae_jax.models import VAE, sample_images
 from vae_jax.sweep import create_sweep_state, train_sweep_epoch
 from vae_jax.train import create_train_state, run_keys, train_epoch
@@ -63,7 +64,7 @@ def main(argv):
     options = dict(batch_size=_BATCH_SIZE.value, binarization=_BINARIZATION.value)
     os.makedirs(_OUTDIR.value, exist_ok=True)
 
-    states, train_keys = create_sweep_state(model, seeds, 1e-3)
+    states, train_keys = create_sweep_state(model, seeds, optax.adam(1e-3))
     beta_array = jnp.asarray(betas, jnp.float32)
     start = time.perf_counter()
     for epoch in range(1, _EPOCHS.value + 1):
@@ -96,7 +97,7 @@ def main(argv):
         # The same S models, trained one at a time, against the S at once; compilation
         # (once per program) is left out of both per-epoch figures and reported apart.
         compile_start = time.perf_counter()
-        sweep_states, _ = create_sweep_state(model, seeds, 1e-3)
+        sweep_states, _ = create_sweep_state(model, seeds, optax.adam(1e-3))
         sweep_states, _ = train_sweep_epoch(
             sweep_states, train_images, train_keys, 0, beta_array, **options
         )
@@ -112,7 +113,7 @@ def main(argv):
             keys = run_keys(seed)
             start = time.perf_counter()
             state, _ = train_epoch(
-                create_train_state(model, keys.init, 1e-3),
+                create_train_state(model, keys.init, optax.adam(1e-3)),
                 train_images,
                 keys.train,
                 beta,

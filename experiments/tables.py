@@ -23,10 +23,13 @@ import statistics
 
 from absl import app, flags
 
-from vae_jax import data
+from vae_jax import bounds, data, parallel
 from vae_jax.config import Config
-from vae_jax.evaluate import evaluate_run, load_run
-from vae_jax.train import METRICS_FILE, PARAMS_FILE, read_metrics, run_keys, train_and_evaluate
+from vae_jax.evaluate import evaluate_run
+from vae_jax.models import posterior
+from vae_jax.run import train_and_evaluate
+from vae_jax.train import run_keys
+from vae_jax.workdir import METRICS_FILE, PARAMS_FILE, load_model, read_metrics
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS or IDX folder; unset: TFDS's, else cache.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/tables", "Where the runs go.")
@@ -57,7 +60,7 @@ def reference_table():
     print("| --- | --- | --- | --- | --- | --- |")
     median_time = statistics.median(r["epoch_time_s"] for r in history[1:] or history)
     print(
-        f"| vae_jax | {last['test_loss']:.2f} | {last['test_recon']:.2f} | "
+        f"| vae_jax | {last['test_elbo']:.2f} | {last['test_recon']:.2f} | "
         f"{last['test_kl']:.2f} | {last['train_loss']:.2f} | {median_time:.2f} s |"
     )
     print(f"| PyTorch reference (its docstring) | {REFERENCE_TEST_LOSS} | | | | |")
@@ -76,13 +79,14 @@ def likelihood_table():
     rows = []
     for name, config in runs.items():
         config, history = train("likelihood", name, config)
-        _, model, params, _ = load_run(config.workdir, _DATA_DIR.value)
+        model, params, _ = load_model(config.workdir)
         results = evaluate_run(
             model,
             params,
             test_images,
             run_keys(0).eval,  # The same draws for every model.
             (1, _NLL_SAMPLES.value),
+            mesh=parallel.data_mesh(),
             show_progress=False,
         )
         rows.append((name, config, history, results))
@@ -98,21 +102,18 @@ def likelihood_table():
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for name, config, history, results in rows:
-        bounds = results["bounds"]
+        by_k = results["bounds"]
         label = "ELBO" if config.objective == "elbo" else f"IWAE, k = {config.num_samples}"
-        nll = bounds[str(_NLL_SAMPLES.value)]
+        nll = by_k[str(_NLL_SAMPLES.value)]
         train_time = sum(r["epoch_time_s"] for r in history)
         print(
-            f"| {label} | {bounds['1']['neg_bound']:.2f} ± {bounds['1']['stderr']:.2f} | "
+            f"| {label} | {by_k['1']['neg_bound']:.2f} ± {by_k['1']['stderr']:.2f} | "
             f"{nll['neg_bound']:.2f} ± {nll['stderr']:.2f} | {results['active_units']}/64 | "
             f"{train_time:.0f} s | {BURDA_NLL[name]} |"
         )
 
 
 def latent_table():
-    from vae_jax.evaluate import active_units
-    from vae_jax.models import posterior
-
     dataset = data.load_dataset("mnist", _DATA_DIR.value)
     test_images = data.eval_inputs(dataset.test_images, "none")
     print_rows = []
@@ -120,12 +121,12 @@ def latent_table():
         config, history = train(
             "latent", f"latent{latent}", Config(latent=latent, epochs=_EPOCHS.value or 20)
         )
-        _, model, params, _ = load_run(config.workdir, _DATA_DIR.value)
+        model, params, _ = load_model(config.workdir)
         mean, _ = posterior(model, params, test_images)
         last = history[-1]
         print_rows.append(
-            f"| {latent} | {last['test_loss']:.2f} | {last['test_recon']:.2f} | "
-            f"{last['test_kl']:.2f} | {active_units(mean)}/{latent} |"
+            f"| {latent} | {last['test_elbo']:.2f} | {last['test_recon']:.2f} | "
+            f"{last['test_kl']:.2f} | {bounds.active_units(mean)}/{latent} |"
         )
     print(f"\nreference protocol at other latent sizes, {config.epochs} epochs each:")
     print("| latent | test negative ELBO | recon | KL | active units |")

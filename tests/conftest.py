@@ -107,3 +107,17 @@ def full_mnist_idx(full_data):
     from vae_jax import data
 
     return data.read_idx_dir(str(full_data / "mnist_idx"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vae():
+    """A 36-pixel VAE with latent 3, its initial params, and 30 binary images."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vae_jax.models import VAE
+
+    model = VAE(latent=3, hidden_sizes=(16,), image_size=36)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 36)), jax.random.key(1))["params"]
+    images = (np.random.default_rng(0).uniform(size=(30, 36)) > 0.5).astype(np.float32)
+    return model, params, images

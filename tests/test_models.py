@@ -104,3 +104,25 @@ def test_bfloat16_matmuls_keep_float32_parameters_and_outputs():
     for approximate, reference in zip(outputs, exact, strict=True):
         assert not np.array_equal(approximate, reference)  # The matmuls did run in bfloat16.
         np.testing.assert_allclose(approximate, reference, atol=0.05 * np.abs(reference).max())
+
+
+def test_bfloat16_runs_the_hidden_layers_only_in_bfloat16():
+    images = jnp.zeros((2, 784))
+    fast = VAE(latent=8, hidden_sizes=(64, 32), dtype=jnp.bfloat16)
+    params = fast.init(jax.random.key(1), images, jax.random.key(2))["params"]
+    jaxpr = jax.make_jaxpr(lambda p: fast.apply({"params": p}, images, jax.random.key(3)))(params)
+    matmuls = [
+        (eqn.invars[1].aval.shape, eqn.invars[0].aval.dtype)
+        for eqn in jaxpr.jaxpr.eqns
+        if eqn.primitive.name == "dot_general"
+    ]
+    # Encoder 784-64-32, then the float32 mean/logvar head; decoder 8-32-64, then the
+    # float32 logits head.
+    assert matmuls == [
+        ((784, 64), jnp.bfloat16),
+        ((64, 32), jnp.bfloat16),
+        ((32, 16), jnp.float32),
+        ((8, 32), jnp.bfloat16),
+        ((32, 64), jnp.bfloat16),
+        ((64, 784), jnp.float32),
+    ]

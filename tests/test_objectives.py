@@ -1,10 +1,12 @@
-"""Issue 6's pieces: the IWAE bound, beta schedules, free bits, the conv model, sweeps."""
+"""The objectives and their parts: the IWAE bound, beta schedules, free bits, the conv
+model, sweeps."""
 
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vae_jax import data
@@ -19,9 +21,10 @@ from vae_jax.losses import (
     negative_iwae_bound,
 )
 from vae_jax.models import VAE
+from vae_jax.objective import Objective
 from vae_jax.schedules import BetaSchedule, beta_schedule, cyclical, linear_warmup
 from vae_jax.sweep import create_sweep_state, train_sweep_epoch
-from vae_jax.train import create_train_state, loss_fn, run_keys, train_epoch, train_step
+from vae_jax.train import create_train_state, run_keys, train_epoch, train_step
 
 SMALL = VAE(latent=8, hidden_sizes=(64, 32))
 
@@ -29,7 +32,7 @@ SMALL = VAE(latent=8, hidden_sizes=(64, 32))
 @pytest.fixture(scope="module")
 def trained(images):
     """SMALL after 100 steps on binarized digits, so q is informative but imperfect."""
-    state = create_train_state(SMALL, jax.random.key(0), 1e-3)
+    state = create_train_state(SMALL, jax.random.key(0), optax.adam(1e-3))
     batch = data.binarize(jax.random.key(1), data.to_unit_interval(images[:256]))
     for step in range(100):
         state, _ = train_step(state, batch, jax.random.key(step))
@@ -94,20 +97,26 @@ def test_schedules_documented_values():
         cyclical(jnp.array([0, 25, 50, 99, 100, 125]), 100, 0.5), [0, 0.5, 1, 1, 0, 0.5]
     )
     np.testing.assert_allclose(BetaSchedule()(steps), [1.0] * 4)
-    # From epochs: 10 epochs of 7 steps, 2 cycles of 35 steps; warm-up of 3 epochs = 21 steps.
-    schedule = beta_schedule("cyclical", 7, 10, num_cycles=2, ramp_fraction=0.5)
+    # From epochs, at 7 steps an epoch: cycles of 5 epochs = 35 steps; a warm-up of 3
+    # epochs = 21 steps. Neither depends on the run's length.
+    schedule = beta_schedule("cyclical", 7, cycle_epochs=5, ramp_fraction=0.5)
     assert schedule.cycle_steps == 35
     np.testing.assert_allclose(schedule(jnp.array([0, 35, 52, 69])), [0, 0, 17 / 17.5, 1])
-    assert beta_schedule("linear", 7, 10, warmup_epochs=3).warmup_steps == 21
+    assert beta_schedule("linear", 7, warmup_epochs=3).warmup_steps == 21
 
 
 def test_schedule_drives_the_epochs_beta(images):
-    state = create_train_state(SMALL, jax.random.key(0), 1e-3)
+    state = create_train_state(SMALL, jax.random.key(0), optax.adam(1e-3))
     schedule = BetaSchedule("linear", warmup_steps=16)  # 8 steps an epoch of 1000 / 128
     betas = []
     for epoch in range(3):
         state, metrics = train_epoch(
-            state, images, jax.random.key(epoch), 2.0, batch_size=128, schedule=schedule
+            state,
+            images,
+            jax.random.key(epoch),
+            2.0,
+            batch_size=128,
+            objective=Objective(beta_schedule=schedule),
         )
         betas.append(float(metrics["beta"]))
     # The last step of epoch e is global step 8e + 7: beta = 2 * min(1, (8e + 7) / 16).
@@ -135,8 +144,11 @@ def test_free_bits_floor_each_dimension():
 def test_free_bits_loss_never_counts_a_dimension_below_the_floor(trained):
     params, batch = trained
     weights = jnp.ones(len(batch))
-    args = (SMALL.apply, batch, jax.random.key(0), 1.0, weights, "bernoulli", 0.1)
-    loss, metrics = loss_fn(params, *args, free_bits=1.0)
+    objective = Objective(free_bits=1.0)
+    loss, metrics = objective.batch_loss(
+        params, SMALL.apply, batch, jax.random.key(0), 1.0, weights
+    )
+    assert metrics["objective"] == loss
     mean, logvar = SMALL.apply({"params": params}, batch, method="encode")
     per_dim = jnp.mean(kl_per_latent(mean, logvar), 0)
     np.testing.assert_allclose(
@@ -148,7 +160,7 @@ def test_free_bits_loss_never_counts_a_dimension_below_the_floor(trained):
 def test_conv_model_shapes_and_one_step_lowers_its_loss(images):
     model = VAE(latent=16, architecture="conv")
     batch = data.to_unit_interval(images[:64])
-    state = create_train_state(model, jax.random.key(0), 1e-3)
+    state = create_train_state(model, jax.random.key(0), optax.adam(1e-3))
     kernels = {name: leaf["kernel"].shape for name, leaf in state.params["encoder"].items()}
     assert kernels == {
         "conv1": (3, 3, 1, 32),
@@ -157,13 +169,10 @@ def test_conv_model_shapes_and_one_step_lowers_its_loss(images):
     }
     logits, mean, logvar = model.apply({"params": state.params}, batch, jax.random.key(1))
     assert logits.shape == (64, 784) and mean.shape == logvar.shape == (64, 16)
-    loss_before = loss_fn(
-        state.params, model.apply, batch, jax.random.key(2), 1.0, jnp.ones(64), "bernoulli", 0.1
-    )[0]
+    objective = Objective()
+    loss_before = objective.batch_loss(state.params, model.apply, batch, jax.random.key(2))[0]
     state, _ = train_step(state, batch, jax.random.key(3))
-    loss_after = loss_fn(
-        state.params, model.apply, batch, jax.random.key(2), 1.0, jnp.ones(64), "bernoulli", 0.1
-    )[0]
+    loss_after = objective.batch_loss(state.params, model.apply, batch, jax.random.key(2))[0]
     assert loss_after < loss_before
 
 
@@ -186,7 +195,7 @@ def test_conv_model_refuses_non_square_images():
 def test_vmapped_sweep_matches_separate_runs(images):
     betas, seeds = [0.5, 1.0, 4.0], [0, 1, 2]
     options = dict(batch_size=128, binarization="dynamic")
-    states, train_keys = create_sweep_state(SMALL, seeds, 1e-3)
+    states, train_keys = create_sweep_state(SMALL, seeds, optax.adam(1e-3))
     sweep_history = []
     for epoch in (1, 2):
         states, metrics = train_sweep_epoch(
@@ -195,7 +204,7 @@ def test_vmapped_sweep_matches_separate_runs(images):
         sweep_history.append(metrics)
     for s, (beta, seed) in enumerate(zip(betas, seeds, strict=True)):
         keys = run_keys(seed)
-        state = create_train_state(SMALL, keys.init, 1e-3)
+        state = create_train_state(SMALL, keys.init, optax.adam(1e-3))
         for epoch in (1, 2):
             state, metrics = train_epoch(
                 state, images, jax.random.fold_in(keys.train, epoch), beta, **options

@@ -134,13 +134,27 @@ def test_batch_size_must_divide_over_the_devices(tmp_path, tfds_dir):
     assert not (tmp_path / "w").exists()
 
 
+def _python_on_devices(num_devices: int, code: str) -> list[str]:
+    """Runs `code` in a Python with `num_devices` CPU devices; its stdout's words."""
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_environment(num_devices),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
 SPLIT_CHECK = """
-import jax, jax.numpy as jnp
+import jax, jax.numpy as jnp, optax
 from vae_jax import parallel
 from vae_jax.models import VAE
 from vae_jax.train import create_train_state, train_epoch
 mesh = parallel.data_mesh()
-state = parallel.put_replicated(create_train_state(VAE(), jax.random.key(0), 1e-3), mesh)
+state = create_train_state(VAE(), jax.random.key(0), optax.adam(1e-3))
+state = parallel.put_replicated(state, mesh)
 images = parallel.put_replicated(jnp.zeros((1024, 784), jnp.uint8), mesh)
 key = parallel.put_replicated(jax.random.key(1), mesh)
 hlo = train_epoch.lower(state, images, key, 1.0, batch_size=256, mesh=mesh).compile().as_text()
@@ -150,12 +164,32 @@ print("all-reduce" in hlo, "f32[32,784]" in hlo, "f32[256,784]" in hlo)
 
 def test_each_device_computes_its_slice_of_the_batch():
     """The compiled epoch works on 32-image slices of each 256-image batch, then all-reduces."""
-    result = subprocess.run(
-        [sys.executable, "-c", SPLIT_CHECK],
-        env=_environment(8),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "True", "False"]
+    assert _python_on_devices(8, SPLIT_CHECK) == ["True", "True", "False"]
+
+
+SHARDED_EVAL = """
+import jax, jax.numpy as jnp, numpy as np
+from vae_jax import bounds, parallel
+from vae_jax.models import VAE
+mesh = parallel.data_mesh()
+model = VAE(latent=4, hidden_sizes=(32,))
+params = model.init(jax.random.key(0), jnp.zeros((1, 784)), jax.random.key(1))["params"]
+images = jax.random.bernoulli(jax.random.key(2), 0.3, (37, 784)).astype(jnp.float32)
+key = jax.random.key(3)
+alone = bounds.elbo_terms(model, params, images, key)
+split = bounds.elbo_terms(model, parallel.put_replicated(params, mesh), images, key, mesh=mesh)
+np.testing.assert_allclose(split.loss, alone.loss, rtol=1e-6)
+host = np.asarray(images)
+alone = bounds.estimate_bound(model, params, host, key, 30, max_rows=64)
+split = bounds.estimate_bound(
+    model, parallel.put_replicated(params, mesh), host, key, 30, max_rows=64, mesh=mesh,
+    progress=True,
+)
+np.testing.assert_allclose(split, alone, rtol=1e-6)
+print(mesh.devices.size, split.shape)
+"""
+
+
+def test_evaluation_over_eight_devices_gives_the_numbers_of_one():
+    """37 images (not a multiple of 8) over 8 devices, in chunks: the same bounds."""
+    assert _python_on_devices(8, SHARDED_EVAL) == ["8", "(37,)"]

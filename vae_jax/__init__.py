@@ -1,12 +1,24 @@
 """vae_jax: the MNIST variational autoencoder as pure JAX/Flax functions.
 
-Where things are: models.py (Encoder, Decoder, ConvEncoder, ConvDecoder, VAE,
-reparameterize), losses.py (per-example loss terms: ELBO, IWAE bound, free bits),
-schedules.py (beta schedules), data.py (which copy to read; TFDS and IDX readers),
-download.py (the IDX files from the mirrors, verified), train.py (train_step,
-train_epoch, train_and_evaluate), sweep.py (S models in one vmapped program),
-parallel.py (devices and hosts), evaluate.py (likelihood bounds), plots.py, config.py.
+Where things are.
+  The maths (pure functions, importable alone):
+    models.py     Encoder, Decoder, ConvEncoder, ConvDecoder, VAE, reparameterize
+    losses.py     per-image likelihoods, KL, ELBO, IWAE bound, free bits
+    objective.py  Objective: what a step minimises (static), and its batch loss
+    schedules.py  KL-weight schedules;  optim.py: optimisers and learning-rate schedules
+    train.py      create_train_state, train_step, train_epoch (one lax.scan per epoch)
+    bounds.py     the test ELBO, importance-weighted bounds (NLL), latent diagnostics
+    sweep.py      S models in one vmapped program;  parallel.py: devices and hosts
+  Data: data.py (which copy to read; TFDS and IDX readers), download.py (verified fetch).
+  The run: config.py (every setting), workdir.py (the run's files, lock, load_model),
+    checkpoint.py (orbax), plots.py, run.py (train_and_evaluate).
+  Commands: main.py (python -m vae_jax.main), evaluate.py (python -m vae_jax.evaluate).
+
+`import vae_jax` loads the maths only: `train_and_evaluate` (orbax, matplotlib) is
+imported on first use.
 """
+
+import importlib
 
 from vae_jax.config import Config
 from vae_jax.errors import InputError
@@ -19,8 +31,20 @@ from vae_jax.losses import (
     negative_iwae_bound,
 )
 from vae_jax.models import VAE, ConvDecoder, ConvEncoder, Decoder, Encoder, reparameterize
+from vae_jax.objective import Objective
 from vae_jax.schedules import BetaSchedule
-from vae_jax.train import create_train_state, train_and_evaluate, train_epoch, train_step
+from vae_jax.train import create_train_state, train_epoch, train_step
+from vae_jax.workdir import load_model
+
+# Names whose modules load heavy libraries, imported when first used.
+_LAZY = {"train_and_evaluate": "vae_jax.run"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vae_jax' has no attribute {name!r}")
+
 
 __all__ = [
     "VAE",
@@ -31,11 +55,13 @@ __all__ = [
     "Decoder",
     "Encoder",
     "InputError",
+    "Objective",
     "bernoulli_nll",
     "create_train_state",
     "gaussian_nll",
     "kl_to_standard_normal",
     "laplace_nll",
+    "load_model",
     "negative_elbo",
     "negative_iwae_bound",
     "reparameterize",

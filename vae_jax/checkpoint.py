@@ -19,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from vae_jax.config import Config, config_from_dict
+from vae_jax.config import Config, check_compatible, config_from_dict
 from vae_jax.errors import InputError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -29,30 +29,6 @@ FORMAT_VERSION = 1
 _FIX = (
     "it is corrupt or truncated: delete that folder to resume from the one before, "
     "or choose a new --workdir"
-)
-# Settings that may differ when a run resumes; any other difference changes the model,
-# the data or their order, and is refused.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "epochs",
-        "learning_rate",
-        "beta",
-        "workdir",
-        "overwrite",
-        "data_dir",
-        "download",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "on_nan",
-        # How it runs: the process layout and the matmul precision (parameters are
-        # float32 whatever --dtype) may change between the parts of a run.
-        "dtype",
-        "epoch_loop",
-        "distributed",
-        "coordinator_address",
-        "num_processes",
-        "process_id",
-    }
 )
 
 
@@ -156,22 +132,6 @@ def save(
     with open(manifest + ".tmp", "w") as f:
         json.dump(digests, f, indent=0, sort_keys=True)
     os.replace(manifest + ".tmp", manifest)
-
-
-def check_compatible(saved: Config, config: Config) -> None:
-    """Raises InputError naming the settings that a resumed run may not change."""
-    changed = [
-        f"--{field.name} (checkpoint {getattr(saved, field.name)}, "
-        f"now {getattr(config, field.name)})"
-        for field in dataclasses.fields(Config)
-        if field.name not in RESUMABLE_CHANGES
-        and getattr(saved, field.name) != getattr(config, field.name)
-    ]
-    if changed:
-        raise InputError(
-            f"--workdir={config.workdir} holds a checkpoint of another run: {'; '.join(changed)}; "
-            "use the same flags to resume, or choose a new --workdir"
-        )
 
 
 def restore_latest(

@@ -2,24 +2,57 @@
 
 `vae_jax.main` defines one command-line flag per field (its help is the field's
 `help` metadata), so a setting is declared once, here. Library functions take a
-`Config` or plain arguments and never read flags.
+`Config` or plain arguments and never read flags. A Config builds what it describes
+(`build_model`, `build_objective`, `build_optimizer`), and `check_compatible` says which
+settings a resumed run may change.
 """
 
 import dataclasses
 import json
-import os
-import tempfile
 from typing import Any
 
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vae_jax import optim
 from vae_jax.errors import InputError
-from vae_jax.losses import OBJECTIVES, RECONSTRUCTIONS
-from vae_jax.schedules import SCHEDULES
+from vae_jax.losses import DEFAULT_SCALE, RECONSTRUCTIONS
+from vae_jax.models import VAE, conv_image_side
+from vae_jax.objective import BOUNDS, Objective
+from vae_jax.schedules import SCHEDULES, beta_schedule
 
 ARCHITECTURES = ("mlp", "conv")
 BINARIZATIONS = ("none", "dynamic")
 NAN_POLICIES = ("stop", "skip_batch")
 DTYPES = ("float32", "bfloat16")
 EPOCH_LOOPS = ("auto", "scan", "steps")
+
+
+# Settings that may differ when a run resumes; any other difference changes the model,
+# the data or their order, and is refused.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "epochs",  # but see check_compatible: not with --lr_schedule=cosine
+        "learning_rate",
+        "beta",
+        "workdir",
+        "overwrite",
+        "data_dir",
+        "download",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "on_nan",
+        # How it runs: the process layout and the matmul precision (parameters are
+        # float32 whatever --dtype) may change between the parts of a run.
+        "dtype",
+        "epoch_loop",
+        "distributed",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
+    }
+)
 
 
 def _field(default, help: str, **metadata):
@@ -47,18 +80,18 @@ class Config:
     objective: str = _field(
         "elbo",
         "elbo (one z per image) or iwae (the k-sample bound of Burda et al. 2016).",
-        choices=OBJECTIVES,
+        choices=BOUNDS,
     )
     num_samples: int = _field(1, "k, the z draws per image of --objective=iwae.")
     beta: float = _field(1.0, "Weight of the KL term; 1 gives the ELBO.")
     beta_schedule: str = _field(
         "constant",
         "constant; linear (KL warm-up from 0 over --warmup_epochs); cyclical (Fu et al. "
-        "2019: --num_cycles cycles, each rising over --cycle_ramp of it, then flat).",
+        "2019: cycles of --cycle_epochs, each rising over --cycle_ramp of it, then flat).",
         choices=SCHEDULES,
     )
     warmup_epochs: float = _field(10.0, "Epochs of the linear warm-up of beta.")
-    num_cycles: int = _field(4, "Cycles of the cyclical beta schedule over the run.")
+    cycle_epochs: float = _field(5.0, "Epochs per cycle of the cyclical beta schedule.")
     cycle_ramp: float = _field(0.5, "Fraction of each cycle over which beta rises.")
     free_bits: float = _field(
         0.0, "Free bits: floor in nats on each latent dimension's batch-mean KL (0: off)."
@@ -69,12 +102,25 @@ class Config:
         choices=RECONSTRUCTIONS,
     )
     recon_scale: float = _field(
-        0.1, "Fixed std (gaussian) or scale (laplace) of p(x|z), in pixel units."
+        DEFAULT_SCALE, "Fixed std (gaussian) or scale (laplace) of p(x|z), in pixel units."
     )
     # Optimisation.
     epochs: int = _field(20, "Passes over the training set.")
     batch_size: int = _field(256, "Images per optimiser step.")
-    learning_rate: float = _field(1e-3, "Adam learning rate.")
+    optimizer: str = _field(
+        "adam", "adam, or adamw (decoupled --weight_decay).", choices=optim.OPTIMIZERS
+    )
+    learning_rate: float = _field(1e-3, "Learning rate (the start of --lr_schedule).")
+    lr_schedule: str = _field(
+        "constant",
+        "constant; cosine (to 0 over --epochs); burda (Burda et al. 2016: 3^i epochs at "
+        "--learning_rate * 10^(-i/7), i = 0..7).",
+        choices=optim.LR_SCHEDULES,
+    )
+    weight_decay: float = _field(1e-4, "Decoupled weight decay of --optimizer=adamw.")
+    grad_clip: float = _field(
+        0.0, "Clip the gradient's global norm to this before the update; 0 is off."
+    )
     seed: int = _field(0, "Seed of every random draw: same flags, same numbers.")
     # Data.
     dataset: str = _field("mnist", "TFDS dataset name, e.g. mnist or fashion_mnist.")
@@ -153,7 +199,7 @@ class Config:
                 f"--num_samples={self.num_samples} is for --objective=iwae; add that flag",
             ),
             (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.num_cycles >= 1, f"--num_cycles must be >= 1, got {self.num_cycles}"),
+            (self.cycle_epochs > 0, f"--cycle_epochs must be > 0, got {self.cycle_epochs}"),
             (
                 0 < self.cycle_ramp <= 1,
                 f"--cycle_ramp must be in (0, 1], got {self.cycle_ramp}",
@@ -171,6 +217,12 @@ class Config:
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
+            (self.weight_decay >= 0, f"--weight_decay must be >= 0, got {self.weight_decay}"),
+            (
+                self.weight_decay == Config.weight_decay or self.optimizer == "adamw",
+                f"--weight_decay={self.weight_decay} is for --optimizer=adamw; add that flag",
+            ),
+            (self.grad_clip >= 0, f"--grad_clip must be >= 0 (0 is off), got {self.grad_clip}"),
             (self.num_train >= 0, f"--num_train must be >= 0 (0 = all), got {self.num_train}"),
             (
                 self.num_train == 0 or self.batch_size <= self.num_train,
@@ -210,6 +262,65 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
+    def build_model(self, image_shape: tuple[int, ...]) -> VAE:
+        """The VAE these settings describe, for images of `image_shape`."""
+        image_size = int(np.prod(image_shape))
+        if self.architecture == "conv":
+            try:
+                conv_image_side(image_size, len(self.conv_channels))
+            except ValueError:
+                num_layers = len(self.conv_channels)
+                raise InputError(
+                    f"--architecture=conv with {num_layers} --conv_channels needs square "
+                    f"one-channel images whose side divides by {2**num_layers}, got "
+                    f"{tuple(image_shape)}; use --architecture=mlp or fewer --conv_channels"
+                ) from None
+        return VAE(
+            self.latent,
+            self.hidden_sizes,
+            image_size,
+            jnp.dtype(self.dtype),
+            self.architecture,
+            self.conv_channels,
+        )
+
+    def build_objective(self, steps_per_epoch: int) -> Objective:
+        """The training objective, with the beta schedule converted to steps."""
+        return Objective(
+            bound=self.objective,
+            num_samples=self.num_samples,
+            reconstruction=self.reconstruction,
+            recon_scale=self.recon_scale,
+            free_bits=self.free_bits,
+            beta_schedule=beta_schedule(
+                self.beta_schedule,
+                steps_per_epoch,
+                self.warmup_epochs,
+                self.cycle_epochs,
+                self.cycle_ramp,
+            ),
+        )
+
+    def learning_rate_fn(self, steps_per_epoch: int) -> optax.Schedule:
+        """The learning rate at each optimiser step."""
+        return optim.learning_rate_schedule(
+            self.lr_schedule, self.learning_rate, steps_per_epoch, self.epochs
+        )
+
+    def build_optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        """The optax transformation these settings describe."""
+        # A constant rate goes in as a number: optax then keeps no step count for it.
+        if self.lr_schedule == "constant":
+            learning_rate = self.learning_rate
+        else:
+            learning_rate = self.learning_rate_fn(steps_per_epoch)
+        return optim.make_optimizer(
+            self.optimizer,
+            learning_rate,
+            grad_clip=self.grad_clip,
+            weight_decay=self.weight_decay,
+        )
+
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """A Config from a dict such as a saved config.json; unknown keys are an InputError."""
@@ -224,24 +335,22 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return Config(**values)
 
 
-def prepare_workdir(config: Config, outputs: tuple[str, ...]) -> None:
-    """Creates the workdir and checks it is writable and holds no earlier run.
-
-    Raises InputError, leaving any existing file untouched, when the folder cannot be
-    written or already holds one of `outputs` and `config.overwrite` is off.
-    """
-    try:
-        os.makedirs(config.workdir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=config.workdir):
-            pass
-    except OSError as e:
+def check_compatible(saved: Config, config: Config) -> None:
+    """Raises InputError naming the settings that a resumed run may not change."""
+    changed = [
+        f"--{field.name} (checkpoint {getattr(saved, field.name)}, "
+        f"now {getattr(config, field.name)})"
+        for field in dataclasses.fields(Config)
+        if field.name not in RESUMABLE_CHANGES
+        and getattr(saved, field.name) != getattr(config, field.name)
+    ]
+    if saved.lr_schedule == config.lr_schedule == "cosine" and saved.epochs != config.epochs:
+        changed.append(
+            f"--epochs (checkpoint {saved.epochs}, now {config.epochs}) with "
+            "--lr_schedule=cosine, whose decay spans the run"
+        )
+    if changed:
         raise InputError(
-            f"--workdir={config.workdir} is not a writable folder ({e.strerror}); "
-            "choose another --workdir"
-        ) from None
-    existing = [name for name in outputs if os.path.exists(os.path.join(config.workdir, name))]
-    if existing and not config.overwrite:
-        raise InputError(
-            f"--workdir={config.workdir} already holds a run ({', '.join(existing)}); "
-            "choose a new --workdir or pass --overwrite"
+            f"--workdir={config.workdir} holds a checkpoint of another run: {'; '.join(changed)}; "
+            "use the same flags to resume, or choose a new --workdir"
         )

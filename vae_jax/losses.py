@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 RECONSTRUCTIONS = ("bernoulli", "gaussian", "laplace")
-OBJECTIVES = ("elbo", "iwae")
+# The fixed std (gaussian) or scale (laplace) of p(x|z) in pixel units: the one default
+# of every function here, of `Objective` and of --recon_scale.
+DEFAULT_SCALE = 0.1
 
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
@@ -30,7 +32,7 @@ def bernoulli_nll(logits: jax.Array, images: jax.Array) -> jax.Array:
     return jnp.sum(per_pixel, axis=-1)
 
 
-def gaussian_nll(logits: jax.Array, images: jax.Array, scale: float = 1.0) -> jax.Array:
+def gaussian_nll(logits: jax.Array, images: jax.Array, scale: float = DEFAULT_SCALE) -> jax.Array:
     """-log N(images | sigmoid(logits), scale^2 I), summed over pixels: [batch].
 
     The mean is squashed into the pixel range [0, 1]; `scale` is the fixed standard
@@ -41,7 +43,7 @@ def gaussian_nll(logits: jax.Array, images: jax.Array, scale: float = 1.0) -> ja
     return jnp.sum(per_pixel, axis=-1)
 
 
-def laplace_nll(logits: jax.Array, images: jax.Array, scale: float = 1.0) -> jax.Array:
+def laplace_nll(logits: jax.Array, images: jax.Array, scale: float = DEFAULT_SCALE) -> jax.Array:
     """-log Laplace(images | sigmoid(logits), scale), summed over pixels: [batch].
 
     Up to the constant log(2 scale), this is absolute error / scale.
@@ -52,7 +54,10 @@ def laplace_nll(logits: jax.Array, images: jax.Array, scale: float = 1.0) -> jax
 
 
 def reconstruction_nll(
-    logits: jax.Array, images: jax.Array, reconstruction: str = "bernoulli", scale: float = 1.0
+    logits: jax.Array,
+    images: jax.Array,
+    reconstruction: str = "bernoulli",
+    scale: float = DEFAULT_SCALE,
 ) -> jax.Array:
     """-log p(x|z) per image for the named likelihood, one of `RECONSTRUCTIONS`: [batch].
 
@@ -110,7 +115,7 @@ def negative_elbo(
     logvar: jax.Array,
     beta: float | jax.Array = 1.0,
     reconstruction: str = "bernoulli",
-    scale: float = 1.0,
+    scale: float = DEFAULT_SCALE,
 ) -> ElboTerms:
     """recon + beta * KL per image, with its terms. With beta = 1 this is -ELBO.
 
@@ -157,7 +162,7 @@ def negative_iwae_bound(
     logvar: jax.Array,
     beta: float | jax.Array = 1.0,
     reconstruction: str = "bernoulli",
-    scale: float = 1.0,
+    scale: float = DEFAULT_SCALE,
 ) -> ElboTerms:
     """-L_k, the importance-weighted bound of Burda et al. (2016), per image, with its terms.
 

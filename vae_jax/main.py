@@ -4,9 +4,11 @@ One flag per `Config` field (see vae_jax/config.py for the settings and their he
 """
 
 import dataclasses
+import gc
 import os
 import signal
 import sys
+import threading
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -57,12 +59,12 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; settings are --flags")
-    # Deferred: importing JAX is slow, and --help should be fast.
-    from vae_jax import data, train
-
-    # The console is for our progress lines: JAX's notes on absent accelerator plugins and
-    # orbax's record of each checkpoint operation are INFO logs, kept off it.
+    # The console is for our progress lines: JAX's notes on absent accelerator plugins,
+    # matplotlib's on building its font cache and orbax's record of each checkpoint
+    # operation are INFO logs, kept off it.
     absl_logging.set_verbosity(absl_logging.WARNING)
+    # Deferred: importing JAX is slow, and --help should be fast.
+    from vae_jax import data, run
 
     try:
         config = config_from_flags()
@@ -74,7 +76,7 @@ def main(argv: list[str]) -> None:
         with InterruptBeforeTraining():
             data.find_data(config.dataset, config.data_dir, config.download)
         with StopOnSignal() as stop:
-            record = train.train_and_evaluate(config, should_stop=stop.requested)
+            record = run.train_and_evaluate(config, should_stop=stop.requested)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -85,17 +87,20 @@ def main(argv: list[str]) -> None:
 class InterruptBeforeTraining:
     """SIGINT stops the block at once and exits 130 with one line.
 
-    The signal raises KeyboardInterrupt as usual, and is also remembered: Python drops a
-    KeyboardInterrupt raised inside a garbage-collection callback (JAX installs one), and
-    the exit must not depend on where the signal happened to land.
+    The signal raises KeyboardInterrupt as usual, and is also remembered, so the exit does
+    not depend on where it landed. Python would print and drop a KeyboardInterrupt raised
+    inside a garbage-collection callback (JAX installs one), so a signal that lands there
+    is delivered again 50 ms later instead.
     """
 
     def __init__(self):
         self.interrupted = False
 
     def _handle(self, signal_number, frame):
-        del signal_number, frame
         self.interrupted = True
+        if _inside_gc_callback(frame):
+            threading.Timer(0.05, os.kill, (os.getpid(), signal_number)).start()
+            return
         raise KeyboardInterrupt
 
     def __enter__(self):
@@ -111,6 +116,16 @@ class InterruptBeforeTraining:
                 file=sys.stderr,
             )
             sys.exit(130)  # Replaces whatever the interrupted block raised.
+
+
+def _inside_gc_callback(frame) -> bool:
+    """Whether `frame` runs, or is called by, one of `gc.callbacks`."""
+    callback_codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callback_codes:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class StopOnSignal:

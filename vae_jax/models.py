@@ -38,7 +38,7 @@ class Encoder(nn.Module):
 
     latent: int
     hidden_sizes: Sequence[int] = (512, 256)
-    dtype: Any = jnp.float32  # of the matmuls; parameters and outputs are float32
+    dtype: Any = jnp.float32  # of the hidden matmuls; the head, parameters and outputs are float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -47,8 +47,9 @@ class Encoder(nn.Module):
             h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(h))
         # One layer for both heads, split in two: the reference's 256 -> 2*latent layer.
         # Log-variance rather than std keeps the head unconstrained and the KL exact.
-        mean_logvar = nn.Dense(2 * self.latent, dtype=self.dtype, name="fc_mean_logvar")(h)
-        mean, logvar = jnp.split(mean_logvar.astype(jnp.float32), 2, axis=-1)
+        # The head is float32 whatever `dtype`: exp(logvar) and the KL magnify its errors.
+        mean_logvar = nn.Dense(2 * self.latent, dtype=jnp.float32, name="fc_mean_logvar")(h)
+        mean, logvar = jnp.split(mean_logvar, 2, axis=-1)
         return mean, logvar
 
 
@@ -57,15 +58,15 @@ class Decoder(nn.Module):
 
     image_size: int = 784
     hidden_sizes: Sequence[int] = (256, 512)
-    dtype: Any = jnp.float32  # of the matmuls; parameters and logits are float32
+    dtype: Any = jnp.float32  # of the hidden matmuls; the head, parameters and logits are float32
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         h = z
         for i, width in enumerate(self.hidden_sizes):
             h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(h))
-        logits = nn.Dense(self.image_size, dtype=self.dtype, name="fc_logits")(h)
-        return logits.astype(jnp.float32)
+        # float32 logits: bfloat16 keeps 8 bits, too few for a likelihood summed over pixels.
+        return nn.Dense(self.image_size, dtype=jnp.float32, name="fc_logits")(h)
 
 
 def conv_image_side(image_size: int, num_layers: int) -> int:
@@ -103,8 +104,8 @@ class ConvEncoder(nn.Module):
             h = nn.Conv(width, (3, 3), strides=2, dtype=self.dtype, name=f"conv{i + 1}")(h)
             h = nn.relu(h)
         h = h.reshape(*h.shape[:-3], -1)
-        mean_logvar = nn.Dense(2 * self.latent, dtype=self.dtype, name="fc_mean_logvar")(h)
-        mean, logvar = jnp.split(mean_logvar.astype(jnp.float32), 2, axis=-1)
+        mean_logvar = nn.Dense(2 * self.latent, dtype=jnp.float32, name="fc_mean_logvar")(h)
+        mean, logvar = jnp.split(mean_logvar, 2, axis=-1)
         return mean, logvar
 
 
@@ -128,12 +129,17 @@ class ConvDecoder(nn.Module):
         h = nn.relu(h).reshape(*z.shape[:-1], small, small, self.channels[-1])
         widths = [*reversed(self.channels[:-1]), 1]
         for i, width in enumerate(widths):
+            last = i == len(widths) - 1  # the logits layer, float32 whatever `dtype`
             h = nn.ConvTranspose(
-                width, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"deconv{i + 1}"
+                width,
+                (3, 3),
+                strides=(2, 2),
+                dtype=jnp.float32 if last else self.dtype,
+                name=f"deconv{i + 1}",
             )(h)
-            if i < len(widths) - 1:
+            if not last:
                 h = nn.relu(h)
-        return h.reshape(*z.shape[:-1], self.image_size).astype(jnp.float32)
+        return h.reshape(*z.shape[:-1], self.image_size)
 
 
 class VAE(nn.Module):
@@ -143,8 +149,9 @@ class VAE(nn.Module):
       latent: dimension of z.
       hidden_sizes: encoder widths; the decoder mirrors them in reverse order.
       image_size: number of pixels per flattened image (784 for 28x28x1).
-      dtype: dtype of the matrix multiplies (jnp.bfloat16 for speed on GPU/TPU).
-        Parameters, mean, logvar and logits are float32 whatever it is.
+      dtype: dtype of the hidden layers' matrix multiplies (jnp.bfloat16 for speed on
+        GPU/TPU). The heads (mean, logvar, logits) and the parameters are float32
+        whatever it is.
       architecture: "mlp" (the reference network) or "conv" (`ConvEncoder` and
         `ConvDecoder`, for square one-channel images).
       conv_channels: the conv architecture's channels, first layer first.

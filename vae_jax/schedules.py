@@ -5,13 +5,16 @@ factor(t) in [0, 1] is one of:
 
 - constant: 1;
 - linear warm-up (KL annealing, Bowman et al. 2016): t / warmup_steps, then 1;
-- cyclical (Fu et al. 2019): the training is cut into `num_cycles` equal cycles; in each,
-  the factor rises linearly from 0 to 1 over the first `ramp_fraction` of the cycle and
-  stays at 1 for the rest.
+- cyclical (Fu et al. 2019): cycles of `cycle_steps` steps; in each, the factor rises
+  linearly from 0 to 1 over the first `ramp_fraction` of the cycle and stays at 1 for
+  the rest.
+
+Each is set in steps, or in epochs with `beta_schedule`, never as a fraction of the run:
+so a run extended on resume follows the schedule of an uninterrupted run of its final
+length.
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -57,15 +60,14 @@ class BetaSchedule:
 def beta_schedule(
     kind: str,
     steps_per_epoch: int,
-    num_epochs: int,
     warmup_epochs: float = 10,
-    num_cycles: int = 4,
+    cycle_epochs: float = 5,
     ramp_fraction: float = 0.5,
 ) -> BetaSchedule:
     """The schedule a run's settings describe, converted from epochs to steps."""
     return BetaSchedule(
         kind=kind,
         warmup_steps=round(warmup_epochs * steps_per_epoch),
-        cycle_steps=max(1, math.ceil(num_epochs * steps_per_epoch / num_cycles)),
+        cycle_steps=max(1, round(cycle_epochs * steps_per_epoch)),
         ramp_fraction=ramp_fraction,
     )

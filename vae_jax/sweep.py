@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax.training import train_state
 
 from vae_jax.models import VAE
@@ -18,13 +19,16 @@ from vae_jax.train import create_train_state, run_keys, train_epoch
 
 
 def create_sweep_state(
-    model: VAE, seeds: list[int], learning_rate: float
+    model: VAE, seeds: list[int], tx: optax.GradientTransformation
 ) -> tuple[train_state.TrainState, jax.Array]:
-    """The S initial states stacked on a leading axis, and the S runs' training keys [S]."""
+    """The S initial states stacked on a leading axis, and the S runs' training keys [S].
+
+    Every model has the optimiser `tx` (e.g. `optax.adam(1e-3)`).
+    """
     keys = [run_keys(seed) for seed in seeds]
     init_keys = jnp.stack([k.init for k in keys])
     train_keys = jnp.stack([k.train for k in keys])
-    states = jax.vmap(lambda key: create_train_state(model, key, learning_rate))(init_keys)
+    states = jax.vmap(lambda key: create_train_state(model, key, tx))(init_keys)
     return states, train_keys
 
 
@@ -49,7 +53,7 @@ def train_sweep_epoch(
       train_images: [num_images, pixels] uint8, shared by the S models.
       train_keys: [S] the runs' training keys; epoch e uses fold_in(key, e), as a run does.
       betas: [S] KL weights.
-      **options: `train_epoch`'s keyword options (batch_size, binarization, ...).
+      **options: `train_epoch`'s keyword options (objective, batch_size, binarization, ...).
 
     Returns:
       The new states and `train_epoch`'s metrics, each with a leading axis of S.

@@ -1,0 +1,283 @@
+"""The run layer: the workdir lock, metrics, load_model, schedules that survive resume,
+and short end-to-end runs of each training option."""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import workdir
+from vae_jax.config import Config
+from vae_jax.errors import InputError
+from vae_jax.run import train_and_evaluate
+
+# A tiny run: 2 epochs of 2 steps.
+TINY = dict(num_train=256, batch_size=128, epochs=2, latent=4, hidden_sizes=(32,))
+
+
+def tiny_run(idx_dir, tmp_path, name="w", **settings) -> list[dict]:
+    config = Config(**{**TINY, **settings}, data_dir=str(idx_dir), workdir=str(tmp_path / name))
+    train_and_evaluate(config)
+    return workdir.read_metrics(os.path.join(config.workdir, workdir.METRICS_FILE))
+
+
+def strict_json(line: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+# --- The lock ---------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from vae_jax import workdir
+with workdir.lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_lock(folder):
+    """A process holding `folder`'s lock until killed."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "locked\n"
+    return process
+
+
+def test_a_held_workdir_is_refused_naming_the_holder_and_sigkill_frees_it(tmp_path):
+    holder = hold_lock(tmp_path)
+    try:
+        in_use = rf"is in use by process {holder.pid} on "
+        with pytest.raises(InputError, match=in_use), workdir.lock(str(tmp_path)):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with workdir.lock(str(tmp_path)):  # The kernel dropped the lock with the process.
+        assert str(os.getpid()) in (tmp_path / workdir.LOCK_FILE).read_text()
+    assert (tmp_path / workdir.LOCK_FILE).read_text() == ""  # emptied on release
+
+
+def run_main(*flags):
+    return subprocess.Popen(
+        [sys.executable, "-m", "vae_jax.main", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_workdir_in_use_is_refused(idx_dir, tmp_path):
+    folder = tmp_path / "w"
+    flags = [
+        f"--data_dir={idx_dir}",
+        f"--workdir={folder}",
+        "--epochs=5",
+        "--num_train=2048",
+        "--batch_size=32",
+    ]
+    first = run_main(*flags)
+    lock_file = folder / workdir.LOCK_FILE
+    deadline = time.time() + 60
+    while not (lock_file.exists() and lock_file.read_text()) and first.poll() is None:
+        assert time.time() < deadline, "the first run never took the lock"
+        time.sleep(0.05)
+    start = time.time()
+    second = run_main(*flags)
+    _, stderr = second.communicate(timeout=60)
+    assert time.time() - start < 20
+    assert second.returncode == 2
+    assert stderr.strip().count("\n") == 0 and "Traceback" not in stderr
+    assert f"--workdir={folder} is in use by process {first.pid} on " in stderr
+    _, first_stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, first_stderr
+    lines = (folder / workdir.METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+
+
+def test_evaluate_refuses_a_workdir_in_use(idx_dir, tmp_path):
+    tiny_run(idx_dir, tmp_path)
+    folder = tmp_path / "w"
+    before = sorted(os.listdir(folder))
+    holder = hold_lock(folder)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "vae_jax.evaluate", f"--workdir={folder}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"is in use by process {holder.pid}" in result.stderr
+    assert sorted(os.listdir(folder)) == before  # no eval.json, no pictures
+
+
+# --- Files ----------------------------------------------------------------------------
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path):
+    path = str(tmp_path / workdir.METRICS_FILE)
+    workdir.write_metrics(path, [{"epoch": 1, "loss": float("nan"), "kl": float("inf")}])
+    workdir.write_metrics(path, [{"epoch": 2, "loss": 3.5, "kl": -math.inf}], append=True)
+    lines = (tmp_path / workdir.METRICS_FILE).read_text().splitlines()
+    assert [strict_json(line) for line in lines] == [
+        {"epoch": 1, "loss": None, "kl": None},
+        {"epoch": 2, "loss": 3.5, "kl": None},
+    ]
+
+
+def test_load_model_needs_no_data(idx_dir, tmp_path, monkeypatch):
+    data_copy = tmp_path / "data"
+    shutil.copytree(idx_dir, data_copy)
+    config = Config(**TINY, data_dir=str(data_copy), workdir=str(tmp_path / "w"))
+    train_and_evaluate(config)
+    shutil.rmtree(data_copy)  # The run's data are gone, and there is no network:
+    monkeypatch.setenv("VAE_JAX_MIRROR", "http://127.0.0.1:9/")
+    model, params, loaded = workdir.load_model(config.workdir)
+    assert loaded == config
+    assert (model.latent, model.image_size, model.hidden_sizes) == (4, 784, (32,))
+    saved = (tmp_path / "w" / workdir.PARAMS_FILE).read_bytes()
+    assert flax.serialization.to_bytes(params) == saved
+    logits, _, _ = model.apply({"params": params}, jnp.zeros((2, 784)), jax.random.key(0))
+    assert logits.shape == (2, 784)
+
+
+def test_load_model_refuses_params_of_another_model(idx_dir, tmp_path):
+    tiny_run(idx_dir, tmp_path)
+    config_path = tmp_path / "w" / workdir.CONFIG_FILE
+    values = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**values, "latent": 5}))
+    with pytest.raises(InputError, match="does not fit the model of"):
+        workdir.load_model(str(tmp_path / "w"))
+
+
+# --- Schedules that survive resume ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_cyclical_run_extended_on_resume_equals_an_uninterrupted_one(idx_dir, tmp_path):
+    settings = dict(beta_schedule="cyclical", cycle_epochs=3.0, num_train=512)
+    whole = tiny_run(idx_dir, tmp_path, "whole", **settings, epochs=6)
+    tiny_run(idx_dir, tmp_path, "extended", **settings, epochs=4)
+    extended = tiny_run(idx_dir, tmp_path, "extended", **settings, epochs=6)
+
+    def losses(records):
+        return [
+            {k: v for k, v in r.items() if "time" not in k and "per_s" not in k} for r in records
+        ]
+
+    assert losses(extended) == losses(whole)
+    # 4 steps an epoch, cycles of 12 steps rising over 6: beta at each epoch's last step.
+    assert [r["beta"] for r in whole] == [0.5, 1.0, 1.0, 0.5, 1.0, 1.0]
+    assert (tmp_path / "extended" / workdir.PARAMS_FILE).read_bytes() == (
+        tmp_path / "whole" / workdir.PARAMS_FILE
+    ).read_bytes()
+
+
+def test_a_cosine_run_refuses_a_new_length_on_resume(idx_dir, tmp_path):
+    tiny_run(idx_dir, tmp_path, lr_schedule="cosine", epochs=1)
+    with pytest.raises(InputError, match=r"--epochs \(checkpoint 1, now 2\) with --lr_schedule"):
+        tiny_run(idx_dir, tmp_path, lr_schedule="cosine", epochs=2)
+
+
+# --- Each option, end to end -------------------------------------------------------------
+
+
+def test_metrics_name_the_objective_and_the_elbo(idx_dir, tmp_path):
+    records = tiny_run(idx_dir, tmp_path, beta=4.0)
+    for r in records:
+        # test_elbo is the beta = 1 bound whatever the run's beta; test_loss weighs KL by 4.
+        assert r["test_elbo"] == pytest.approx(r["test_recon"] + r["test_kl"], rel=1e-6)
+        assert r["test_loss"] == pytest.approx(r["test_recon"] + 4 * r["test_kl"], rel=1e-6)
+        assert r["test_loss"] > r["test_elbo"]
+        assert r["train_objective"] == pytest.approx(r["train_loss"], rel=1e-5)
+        assert r["grad_norm"] > 0 and r["learning_rate"] == 1e-3
+
+
+def test_iwae_run(idx_dir, tmp_path):
+    records = tiny_run(idx_dir, tmp_path, objective="iwae", num_samples=5)
+    for r in records:
+        # -L_5 sits below the one-sample bound recon + KL, on average over the epoch.
+        assert r["train_objective"] < r["train_loss"]
+    assert records[1]["test_elbo"] < records[0]["test_elbo"]
+
+
+def test_free_bits_run(idx_dir, tmp_path):
+    records = tiny_run(idx_dir, tmp_path, free_bits=0.5)
+    for r in records:
+        # Every one of the 4 latent dimensions adds at least its floor.
+        assert r["train_objective"] >= r["train_recon"] + 4 * 0.5 - 1e-3
+        assert r["train_kl"] < 4 * 0.5  # ... while the true KL is still below it.
+
+
+def test_cyclical_run(idx_dir, tmp_path):
+    records = tiny_run(idx_dir, tmp_path, beta_schedule="cyclical", cycle_epochs=2.0, epochs=3)
+    # 2 steps an epoch, cycles of 4 steps rising over 2: last steps 1, 3, 5.
+    assert [r["beta"] for r in records] == [0.5, 1.0, 0.5]
+
+
+def test_conv_run(idx_dir, tmp_path):
+    records = tiny_run(idx_dir, tmp_path, architecture="conv", conv_channels=(4, 8))
+    assert records[1]["test_elbo"] < records[0]["test_elbo"]
+    model, params, _ = workdir.load_model(str(tmp_path / "w"))
+    assert params["encoder"]["conv1"]["kernel"].shape == (3, 3, 1, 4)
+
+
+def test_bfloat16_run_trains_like_float32(idx_dir, tmp_path):
+    f32 = tiny_run(idx_dir, tmp_path, "f32", epochs=1)
+    bf16 = tiny_run(idx_dir, tmp_path, "bf16", epochs=1, dtype="bfloat16")
+    assert bf16[0]["test_elbo"] != f32[0]["test_elbo"]  # really another precision ...
+    assert bf16[0]["test_elbo"] == pytest.approx(f32[0]["test_elbo"], rel=1e-2)  # ... close
+
+
+@pytest.mark.parametrize(
+    "settings, expected_rates",
+    [
+        # Cosine from 1e-3 to 0 over 2 epochs of 2 steps: the rate at steps 1 and 3.
+        (
+            dict(optimizer="adamw", grad_clip=1.0, lr_schedule="cosine"),
+            [0.5e-3 * (1 + math.cos(math.pi / 4)), 0.5e-3 * (1 + math.cos(3 * math.pi / 4))],
+        ),
+        # Burda: epoch 1 at 1e-3, then 3 epochs at 1e-3 * 10^(-1/7).
+        (dict(lr_schedule="burda"), [1e-3, 1e-3 * 10 ** (-1 / 7)]),
+    ],
+)
+def test_optimizer_flags_run(idx_dir, tmp_path, settings, expected_rates):
+    records = tiny_run(idx_dir, tmp_path, **settings)
+    np.testing.assert_allclose([r["learning_rate"] for r in records], expected_rates, rtol=1e-6)
+    assert all(np.isfinite(r["test_elbo"]) for r in records)
+
+
+def test_gradient_clipping_changes_the_updates(idx_dir, tmp_path):
+    plain = tiny_run(idx_dir, tmp_path, "plain", epochs=1)
+    clipped = tiny_run(idx_dir, tmp_path, "clipped", epochs=1, grad_clip=1.0)
+    # Same init, same batches, gradients of norm > 1: clipped to norm 1, they change
+    # Adam's moment estimates from the second step on, and so the trained parameters.
+    assert plain[0]["grad_norm"] > 1.0
+    assert clipped[0]["test_elbo"] != plain[0]["test_elbo"]
+
+
+def test_config_refuses_settings_of_another_optimizer():
+    with pytest.raises(InputError, match="--weight_decay=0.1 is for --optimizer=adamw"):
+        dataclasses.replace(Config(), weight_decay=0.1).validate()
+    with pytest.raises(InputError, match="--grad_clip must be >= 0"):
+        Config(grad_clip=-1.0).validate()

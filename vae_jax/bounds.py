@@ -1,0 +1,293 @@
+"""Scoring a trained VAE: the test ELBO, importance-weighted bounds, latent diagnostics.
+
+Pure functions; `python -m vae_jax.evaluate` is the command around them. Every number
+is per image, in nats.
+
+The importance-weighted bound (Burda et al. 2016) for k samples z_i ~ q(z|x) is
+    L_k(x) = log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x),
+with L_1 = ELBO <= L_k <= L_{k+1} <= log p(x) in expectation, so -L_5000 estimates the
+negative log-likelihood. With the Bernoulli likelihood it is a likelihood of binary
+images only: train and evaluate with `--binarization=dynamic` to quote it as an NLL.
+
+Over a mesh, the images are split over its devices, and each device runs one compiled
+loop over its share. Image i draws its z from `fold_in(key, i)` (sample j of it from
+`fold_in(fold_in(key, i), j)`), so no number depends on the device count or the chunk
+sizes, which only bound memory.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from jax.sharding import Mesh, PartitionSpec
+
+from vae_jax import parallel
+from vae_jax.losses import ElboTerms, kl_per_latent, log_importance_weights, negative_elbo
+from vae_jax.models import VAE
+from vae_jax.objective import Objective
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u|x]) above this is active.
+
+
+def _map_images(fn, mesh: Mesh | None, chunk: int, images: jax.Array, image_ids: jax.Array):
+    """`fn(images [chunk, pixels], ids [chunk]) -> pytree of [chunk, ...]` over all images.
+
+    Traced inside a jitted function. With a mesh, each device loops over its share of the
+    images (padded to whole chunks) and the results are gathered onto every device.
+    Returns the pytree with leading axis [num_images].
+    """
+    num_devices = 1 if mesh is None else mesh.devices.size
+    num_images = images.shape[0]
+    per_device = -(-num_images // num_devices)
+    per_device = -(-per_device // chunk) * chunk
+    padding = per_device * num_devices - num_images
+    images = jnp.pad(images, ((0, padding), (0, 0)))
+    image_ids = jnp.pad(image_ids, (0, padding))  # Padded rows: computed, then dropped.
+
+    def local(images, image_ids):
+        chunks = (images.reshape(-1, chunk, images.shape[-1]), image_ids.reshape(-1, chunk))
+        outputs = jax.lax.map(lambda args: fn(*args), chunks)
+        outputs = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), outputs)
+        if mesh is None:
+            return outputs
+        return jax.tree.map(
+            lambda x: jax.lax.all_gather(x, parallel.DATA_AXIS, tiled=True), outputs
+        )
+
+    if mesh is not None:
+        split = PartitionSpec(parallel.DATA_AXIS)
+        # check_vma=False: all_gather replicates the outputs, which shard_map cannot infer.
+        local = jax.shard_map(
+            local, mesh=mesh, in_specs=(split, split), out_specs=PartitionSpec(), check_vma=False
+        )
+    return jax.tree.map(lambda x: x[:num_images], local(images, image_ids))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "objective", "mesh", "chunk_size"))
+def elbo_terms(
+    model: VAE,
+    params,
+    images: jax.Array,
+    key: jax.Array,
+    beta: float | jax.Array = 1.0,
+    *,
+    objective: Objective = Objective(),
+    mesh: Mesh | None = None,
+    chunk_size: int = 1000,
+) -> ElboTerms:
+    """Per-image terms of recon + beta * KL, each [num_images], one z per image.
+
+    Image i draws its z from `fold_in(key, i)`, so the result does not depend on `mesh`
+    or `chunk_size`, which only bounds memory (`chunk_size` images per device at a time).
+
+    Args:
+      model: the VAE (static: its shape is part of the compiled program).
+      params: its parameters (the `params` collection).
+      images: [num_images, pixels] in [0, 1].
+      key: PRNG key of the z draws; keep it fixed to compare epochs and runs.
+      objective: gives the likelihood (its bound and schedule are not used).
+      mesh: split the images over its devices; None computes where the inputs are.
+    """
+    num_devices = 1 if mesh is None else mesh.devices.size
+    chunk = max(1, min(chunk_size, -(-images.shape[0] // num_devices)))
+
+    def chunk_terms(chunk_images, image_ids):
+        image_keys = jax.vmap(functools.partial(jax.random.fold_in, key))(image_ids)
+
+        def one_image(image, image_key):
+            logits, mean, logvar = model.apply({"params": params}, image, image_key)
+            return negative_elbo(
+                logits, image, mean, logvar, beta, objective.reconstruction, objective.recon_scale
+            )
+
+        return jax.vmap(one_image)(chunk_images, image_keys)
+
+    image_ids = jnp.arange(images.shape[0])
+    return _map_images(chunk_terms, mesh, chunk, images, image_ids)
+
+
+# --- Importance-weighted bounds ------------------------------------------------------
+
+
+def importance_weighted_bound(
+    key: jax.Array,
+    images: jax.Array,
+    image_ids: jax.Array,
+    encode_fn: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+    log_likelihood_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    num_samples: int,
+    sample_chunk: int,
+) -> jax.Array:
+    """L_k per image for a Gaussian q(z|x) and prior N(0, I): [batch].
+
+    Sample j of image i is drawn from `fold_in(fold_in(key, image_ids[i]), j)`, so the
+    result depends neither on how images are batched nor on `sample_chunk`, which only
+    bounds memory: `batch * sample_chunk` decoder rows at a time, accumulated with a
+    running logsumexp.
+
+    Args:
+      key: PRNG key of the draws.
+      images: [batch, pixels].
+      image_ids: [batch] int, each image's index in its dataset (fixes its draws).
+      encode_fn: images [batch, pixels] -> (mean, logvar) of q(z|x), each [batch, latent].
+      log_likelihood_fn: (images [batch, pixels], z [batch, s, latent]) -> log p(x|z) [batch, s].
+      num_samples: k.
+      sample_chunk: samples per decoder call; k need not be a multiple.
+    """
+    mean, logvar = encode_fn(images)
+    mean, logvar = mean[:, None, :], logvar[:, None, :]
+    image_keys = jax.vmap(functools.partial(jax.random.fold_in, key))(image_ids)
+    num_chunks = -(-num_samples // sample_chunk)
+
+    def draw(image_key, sample_ids):
+        keys = jax.vmap(functools.partial(jax.random.fold_in, image_key))(sample_ids)
+        return jax.vmap(lambda k: jax.random.normal(k, mean.shape[-1:], mean.dtype))(keys)
+
+    def add_chunk(log_sum, chunk):
+        sample_ids = chunk * sample_chunk + jnp.arange(sample_chunk)
+        eps = jax.vmap(draw, in_axes=(0, None))(image_keys, sample_ids)  # [batch, s, latent]
+        z = mean + eps * jnp.exp(0.5 * logvar)
+        log_weights = log_importance_weights(log_likelihood_fn(images, z), z, mean, logvar)
+        log_weights = jnp.where(sample_ids < num_samples, log_weights, -jnp.inf)
+        return jnp.logaddexp(log_sum, jax.nn.logsumexp(log_weights, axis=-1)), None
+
+    initial = jnp.full(images.shape[:1], -jnp.inf, images.dtype)
+    log_sum, _ = jax.lax.scan(add_chunk, initial, jnp.arange(num_chunks))
+    return log_sum - math.log(num_samples)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "model",
+        "num_samples",
+        "sample_chunk",
+        "objective",
+        "mesh",
+        "images_per_step",
+    ),
+)
+def vae_importance_weighted_bound(
+    model: VAE,
+    params,
+    images: jax.Array,
+    image_ids: jax.Array,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    sample_chunk: int,
+    objective: Objective = Objective(),
+    mesh: Mesh | None = None,
+    images_per_step: int | None = None,
+) -> jax.Array:
+    """`importance_weighted_bound` of a trained VAE with `objective`'s likelihood: [batch].
+
+    With a mesh, the images are split over its devices; each device loops over its
+    share `images_per_step` images at a time (None: all at once).
+    """
+    variables = {"params": params}
+
+    def encode(x):
+        return model.apply(variables, x, method=VAE.encode)
+
+    def log_likelihood(x, z):
+        logits = model.apply(variables, z, method=VAE.decode)
+        return -objective.likelihood_nll(logits, x[:, None, :])
+
+    def chunk_bound(chunk_images, chunk_ids):
+        return importance_weighted_bound(
+            key, chunk_images, chunk_ids, encode, log_likelihood, num_samples, sample_chunk
+        )
+
+    num_devices = 1 if mesh is None else mesh.devices.size
+    chunk = images_per_step or -(-images.shape[0] // num_devices)
+    return _map_images(chunk_bound, mesh, chunk, images, image_ids)
+
+
+def estimate_bound(
+    model: VAE,
+    params,
+    images: np.ndarray,
+    key: jax.Array,
+    num_samples: int,
+    *,
+    objective: Objective = Objective(),
+    mesh: Mesh | None = None,
+    max_rows: int = 8192,
+    progress: bool = False,
+) -> np.ndarray:
+    """L_k for every image, [num_images], as float64 on the host.
+
+    Each device decodes at most `max_rows` samples at a time: `min(k, max_rows)` samples
+    of `max_rows // min(k, max_rows)` images. Without `progress`, all images go in one
+    compiled call; with it, in up to 20 equal calls, each advancing a tqdm bar (shown on
+    a terminal only).
+
+    Args:
+      images: [num_images, pixels] in [0, 1].
+      mesh: split the images over its devices (params replicated over it); None: one device.
+    """
+    num_images = len(images)
+    num_devices = 1 if mesh is None else mesh.devices.size
+    sample_chunk = min(num_samples, max_rows)
+    per_device = -(-num_images // num_devices)
+    images_per_step = max(1, min(max_rows // sample_chunk, per_device))
+    step_images = num_devices * images_per_step
+    num_calls = min(20 if progress else 1, -(-num_images // step_images))
+    call_images = -(-num_images // (num_calls * step_images)) * step_images
+    padded = num_calls * call_images
+    images = np.concatenate(
+        [images, np.zeros((padded - num_images, *images.shape[1:]), images.dtype)]
+    )
+    image_ids = np.arange(padded)
+    bounds = []
+    with tqdm.tqdm(
+        total=num_images, desc=f"-L_{num_samples}", unit="image", disable=None if progress else True
+    ) as bar:
+        for start in range(0, padded, call_images):
+            window = slice(start, start + call_images)
+            inputs = (images[window], image_ids[window])
+            if mesh is not None:
+                inputs = parallel.put_replicated(inputs, mesh)
+            bound = vae_importance_weighted_bound(
+                model,
+                params,
+                *inputs,
+                key,
+                num_samples=num_samples,
+                sample_chunk=sample_chunk,
+                objective=objective,
+                mesh=mesh,
+                images_per_step=images_per_step,
+            )
+            bounds.append(np.asarray(jax.device_get(bound), np.float64))
+            bar.update(min(call_images, num_images - start))
+    return np.concatenate(bounds)[:num_images]
+
+
+# --- Latent diagnostics --------------------------------------------------------------
+
+
+def kl_per_dimension(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """Average over images of each latent dimension's KL to N(0, 1): [batch, latent] -> [latent]."""
+    return jnp.mean(kl_per_latent(mean, logvar), axis=0)
+
+
+def unit_activity(mean: jax.Array) -> jax.Array:
+    """Cov_x(E_q[z_u | x]) per dimension u: the variance over images of the posterior means."""
+    return jnp.var(mean, axis=0)
+
+
+def active_units(mean: jax.Array, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """Number of dimensions whose posterior mean varies across images (Burda et al. 2016)."""
+    return int(jnp.sum(unit_activity(mean) > threshold))
+
+
+def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
+    """Mean over images and its standard error, std / sqrt(n)."""
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))

@@ -1,0 +1,259 @@
+"""One training run in its workdir: `train_and_evaluate(config)`.
+
+What `python -m vae_jax.main` runs. It builds the model, objective and optimiser from
+the config, trains epoch by epoch with `vae_jax.train`, scores the test set after each
+epoch with `vae_jax.bounds`, and keeps the workdir (`vae_jax.workdir`): the lock, the
+config, the metrics, checkpoints (`vae_jax.checkpoint`) and the pictures at the end.
+"""
+
+import contextlib
+import functools
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import bounds, checkpoint, data, parallel, plots, train, workdir
+from vae_jax.config import Config
+from vae_jax.errors import InputError
+from vae_jax.models import VAE, reconstruct_images, sample_images
+
+NUM_SAMPLES = 64  # digits in samples.png
+NUM_RECONSTRUCTIONS = 16  # test images in reconstructions.png
+
+
+def train_and_evaluate(
+    config: Config, should_stop: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
+    """Trains a VAE as `config` says, writing metrics, pictures and parameters to its workdir.
+
+    Trains data-parallel over every device (`vae_jax.parallel`); in a multi-process run
+    every process calls this, and process 0 alone writes files and prints.
+
+    A workdir holding a checkpoint resumes from its newest one: the result is the same,
+    bit for bit, as a run that was never interrupted. `should_stop` is polled after each
+    epoch; when it returns True (in any process) the run writes a checkpoint and returns
+    early. The workdir is locked for the whole run (`workdir.lock`).
+
+    Returns the last epoch's metrics record, with `"stopped": True` after an early stop.
+    Raises InputError, before any training and without touching an earlier run's files,
+    when the config, data or checkpoint are unusable or another process uses the
+    workdir, and after writing the metrics of the epoch where training diverged (the
+    last good checkpoint stays in place).
+    """
+    config.validate()
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    resuming = checkpoint.has_checkpoint(config.workdir) and not config.overwrite
+    # The same run stopped before its first checkpoint: start it again (it is a pure
+    # function of its config, so nothing is lost).
+    restarting = not resuming and workdir.is_same_run(config.workdir, config)
+    workdir.prepare(config, () if resuming or restarting else workdir.OUTPUTS)
+    with _hold(config.workdir):
+        return _train_and_evaluate(config, should_stop, mesh, resuming)
+
+
+@contextlib.contextmanager
+def _hold(folder: str) -> Iterator[None]:
+    """Process 0 locks `folder`; every process raises the InputError if it cannot."""
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if parallel.is_writer():
+            try:
+                stack.enter_context(workdir.lock(folder))
+            except InputError as e:
+                refusal = e
+        if parallel.any_process(refusal is not None):
+            raise refusal or InputError(f"--workdir={folder} is in use by another run")
+        yield
+
+
+def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
+    writer = parallel.is_writer()
+    log = functools.partial(print, flush=True) if writer else lambda *_: None
+    folder = config.workdir
+    dataset = data.load_dataset(
+        config.dataset, config.data_dir, config.num_train, allow_download=config.download
+    )
+    num_train = len(dataset.train_images)
+    if config.batch_size > num_train:
+        raise InputError(
+            f"--batch_size={config.batch_size} is larger than the {num_train} training "
+            "images; lower --batch_size"
+        )
+    steps_per_epoch = -(-num_train // config.batch_size)
+    model = config.build_model(dataset.image_shape)
+    eval_model = model.clone(dtype=jnp.float32)  # Scored in float32 whatever --dtype.
+    objective = config.build_objective(steps_per_epoch)
+    learning_rate_fn = config.learning_rate_fn(steps_per_epoch)
+    keys = train.run_keys(config.seed)
+    state = train.create_train_state(model, keys.init, config.build_optimizer(steps_per_epoch))
+    state, train_key, eval_key = parallel.put_replicated((state, keys.train, keys.eval), mesh)
+    metrics_path = os.path.join(folder, workdir.METRICS_FILE)
+    checkpoint_dir = os.path.join(folder, checkpoint.CHECKPOINT_DIR)
+    # Every process has decided from the same files: from here on, process 0 changes them.
+    parallel.barrier("workdir checked")
+    if writer and resuming:
+        checkpoint.remove_unfinished(folder)  # Its epoch is redone and saved again.
+    elif writer and os.path.isdir(checkpoint_dir):
+        shutil.rmtree(checkpoint_dir)  # --overwrite, or a restart's unfinished checkpoint
+    parallel.barrier("checkpoints tidied")
+    checkpoints = checkpoint.manager(folder, config.keep_checkpoints)
+    history, first_epoch = [], 1
+    if resuming:
+        state, train_key, last_epoch = checkpoint.restore_latest(
+            checkpoints, state, train_key, config
+        )
+        history = workdir.read_metrics(metrics_path, up_to_epoch=last_epoch)
+        first_epoch = last_epoch + 1
+
+    # Everything is validated: from here on, files are written.
+    if writer:
+        workdir.write_config(folder, config, dataset.image_shape)
+        # Keep the metrics of the checkpointed epochs, drop any written after the checkpoint.
+        workdir.write_metrics(metrics_path, history)
+    log(
+        f"data: {dataset.source}: {num_train} train, {len(dataset.test_images)} test images "
+        f"of shape {dataset.image_shape}"
+    )
+    log(
+        f"devices: {mesh.devices.size} x {jax.devices()[0].device_kind} in "
+        f"{jax.process_count()} process(es), {config.batch_size // mesh.devices.size} "
+        f"images per device per step; matmuls in {config.dtype}"
+    )
+    if resuming:
+        log(f"resuming from the checkpoint of epoch {first_epoch - 1} in {folder}")
+
+    # Every device holds the uint8 training set (47 MB for MNIST) and gathers its own
+    # slice of each global batch from it, so no batch crosses the host-device link.
+    train_images = parallel.put_replicated(dataset.train_images, mesh)
+    host_test_images = data.eval_inputs(dataset.test_images, config.binarization)
+    test_images = parallel.put_replicated(host_test_images, mesh)
+    beta = parallel.put_replicated(np.float32(config.beta), mesh)
+    epoch_options = dict(
+        objective=objective,
+        batch_size=config.batch_size,
+        binarization=config.binarization,
+        on_nan=config.on_nan,
+        mesh=mesh,
+    )
+    epoch_loop = config.epoch_loop
+    if epoch_loop == "auto":
+        on_cpu = jax.devices()[0].platform == "cpu"
+        epoch_loop = "steps" if config.architecture == "conv" and on_cpu else "scan"
+    # Compile ahead of time, so compilation is timed apart from training (the stepwise
+    # loop compiles its step on the first call, inside the first epoch's time).
+    compile_start = time.perf_counter()
+    if epoch_loop == "scan":
+        run_epoch = train.train_epoch.lower(
+            state, train_images, train_key, beta, **epoch_options
+        ).compile()
+    else:
+        run_epoch = functools.partial(train.train_epoch_stepwise, **epoch_options)
+    run_eval = bounds.elbo_terms.lower(
+        eval_model, state.params, test_images, eval_key, beta, objective=objective, mesh=mesh
+    ).compile()
+    compile_time_s = time.perf_counter() - compile_start
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        state, train_metrics = run_epoch(
+            state, train_images, jax.random.fold_in(train_key, epoch), beta
+        )
+        train_metrics = jax.device_get(train_metrics)  # Waits for the epoch to finish.
+        epoch_time_s = time.perf_counter() - epoch_start
+        test_terms = jax.device_get(run_eval(state.params, test_images, eval_key, beta))
+        record = {
+            "epoch": epoch,
+            "train_objective": float(train_metrics["objective"]),
+            "train_loss": float(train_metrics["loss"]),
+            "train_recon": float(train_metrics["recon"]),
+            "train_kl": float(train_metrics["kl"]),
+            "beta": float(train_metrics["beta"]),
+            "grad_norm": float(train_metrics["grad_norm"]),
+            "learning_rate": float(learning_rate_fn(epoch * steps_per_epoch - 1)),
+            "test_elbo": float(np.mean(test_terms.recon + test_terms.kl)),
+            "test_loss": float(np.mean(test_terms.loss)),
+            "test_recon": float(np.mean(test_terms.recon)),
+            "test_kl": float(np.mean(test_terms.kl)),
+            "epoch_time_s": epoch_time_s,
+            "images_per_s": num_train / epoch_time_s,
+        }
+        if config.on_nan == "skip_batch":
+            record["skipped_batches"] = int(train_metrics["skipped_batches"])
+        if epoch == first_epoch:
+            record["compile_time_s"] = compile_time_s
+        history.append(record)
+        if writer:
+            workdir.write_metrics(metrics_path, [record], append=True)
+        bad_step = int(train_metrics["first_nonfinite_step"])
+        if bad_step >= 0 and config.on_nan == "stop" or not train_metrics["params_finite"]:
+            bad_step = max(bad_step, 0)
+            kept = max(checkpoint.complete_epochs(folder), default=None)
+            raise InputError(
+                f"training diverged: non-finite loss or parameters at epoch {epoch}, step "
+                f"{bad_step} of {steps_per_epoch} (global step "
+                f"{(epoch - 1) * steps_per_epoch + bad_step}); "
+                + (f"the checkpoint of epoch {kept} is kept; " if kept else "no checkpoint yet; ")
+                + "lower --learning_rate, or pass --on_nan=skip_batch"
+            )
+        log(format_progress(record, config.epochs))
+        stop = parallel.any_process(should_stop())
+        if stop or epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            checkpoint.save(checkpoints, epoch, state, train_key, config)
+        if stop and epoch < config.epochs:
+            log(
+                f"stopped after epoch {epoch}: checkpoint written to {checkpoint_dir}; "
+                "run the same command to resume"
+            )
+            return {**record, "stopped": True}
+
+    host_params = jax.device_get(state.params)
+    if writer:
+        with open(os.path.join(folder, workdir.PARAMS_FILE), "wb") as f:
+            f.write(flax.serialization.to_bytes(host_params))
+        # On this process's first device, from host copies: the other processes are done.
+        write_pictures(
+            eval_model,
+            host_params,
+            host_test_images,
+            keys.sample,
+            dataset.image_shape,
+            history,
+            folder,
+        )
+    log(f"wrote {', '.join(workdir.OUTPUTS)} to {folder}")
+    parallel.barrier("run written")
+    return history[-1]
+
+
+def write_pictures(
+    model: VAE, params, test_images, sample_key, image_shape, history, folder: str
+) -> None:
+    """samples.png, reconstructions.png and loss_curves.png in `folder`."""
+    samples = sample_images(model, params, sample_key, NUM_SAMPLES)
+    plots.save_image_grid(samples, image_shape, os.path.join(folder, workdir.SAMPLES_FILE))
+    originals = test_images[:NUM_RECONSTRUCTIONS]
+    plots.save_reconstructions(
+        originals,
+        reconstruct_images(model, params, originals),
+        image_shape,
+        os.path.join(folder, workdir.RECONSTRUCTIONS_FILE),
+    )
+    plots.save_loss_curves(history, os.path.join(folder, workdir.LOSS_CURVES_FILE))
+
+
+def format_progress(record: dict[str, Any], num_epochs: int) -> str:
+    """One console line for an epoch's metrics record."""
+    return (
+        f"epoch {record['epoch']:>3}/{num_epochs}  train {record['train_loss']:8.3f}  "
+        f"test {record['test_loss']:8.3f} (recon {record['test_recon']:.3f}, "
+        f"kl {record['test_kl']:.3f})  beta {record.get('beta', 1.0):.3g}  "
+        f"{record['epoch_time_s']:.3f} s  {record['images_per_s']:,.0f} images/s"
+    )
