@@ -33,18 +33,20 @@ from vae_jax.objective import Objective
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u|x]) above this is active.
 
 
-def _map_images(fn, mesh: Mesh | None, chunk: int, images: jax.Array, image_ids: jax.Array):
+def _map_images(fn, mesh: Mesh | None, max_chunk: int, images: jax.Array, image_ids: jax.Array):
     """`fn(images [chunk, pixels], ids [chunk]) -> pytree of [chunk, ...]` over all images.
 
     Traced inside a jitted function. With a mesh, each device loops over its share of the
-    images (padded to whole chunks) and the results are gathered onto every device.
-    Returns the pytree with leading axis [num_images].
+    images in equal chunks of at most `max_chunk` (padded by fewer than one image per
+    chunk), and the results are gathered onto every device. Returns the pytree with
+    leading axis [num_images].
     """
     num_devices = 1 if mesh is None else mesh.devices.size
     num_images = images.shape[0]
     per_device = -(-num_images // num_devices)
-    per_device = -(-per_device // chunk) * chunk
-    padding = per_device * num_devices - num_images
+    num_chunks = -(-per_device // max_chunk)
+    chunk = -(-per_device // num_chunks)
+    padding = num_chunks * chunk * num_devices - num_images
     images = jnp.pad(images, ((0, padding), (0, 0)))
     image_ids = jnp.pad(image_ids, (0, padding))  # Padded rows: computed, then dropped.
 
@@ -92,8 +94,6 @@ def elbo_terms(
       objective: gives the likelihood (its bound and schedule are not used).
       mesh: split the images over its devices; None computes where the inputs are.
     """
-    num_devices = 1 if mesh is None else mesh.devices.size
-    chunk = max(1, min(chunk_size, -(-images.shape[0] // num_devices)))
 
     def chunk_terms(chunk_images, image_ids):
         image_keys = jax.vmap(functools.partial(jax.random.fold_in, key))(image_ids)
@@ -107,7 +107,7 @@ def elbo_terms(
         return jax.vmap(one_image)(chunk_images, image_keys)
 
     image_ids = jnp.arange(images.shape[0])
-    return _map_images(chunk_terms, mesh, chunk, images, image_ids)
+    return _map_images(chunk_terms, mesh, chunk_size, images, image_ids)
 
 
 # --- Importance-weighted bounds ------------------------------------------------------
@@ -203,9 +203,8 @@ def vae_importance_weighted_bound(
             key, chunk_images, chunk_ids, encode, log_likelihood, num_samples, sample_chunk
         )
 
-    num_devices = 1 if mesh is None else mesh.devices.size
-    chunk = images_per_step or -(-images.shape[0] // num_devices)
-    return _map_images(chunk_bound, mesh, chunk, images, image_ids)
+    max_chunk = images_per_step or images.shape[0]
+    return _map_images(chunk_bound, mesh, max_chunk, images, image_ids)
 
 
 def estimate_bound(
@@ -234,11 +233,10 @@ def estimate_bound(
     num_images = len(images)
     num_devices = 1 if mesh is None else mesh.devices.size
     sample_chunk = min(num_samples, max_rows)
-    per_device = -(-num_images // num_devices)
-    images_per_step = max(1, min(max_rows // sample_chunk, per_device))
-    step_images = num_devices * images_per_step
-    num_calls = min(20 if progress else 1, -(-num_images // step_images))
-    call_images = -(-num_images // (num_calls * step_images)) * step_images
+    images_per_step = max(1, max_rows // sample_chunk)  # per device
+    num_calls = min(20 if progress else 1, -(-num_images // (num_devices * images_per_step)))
+    # Equal calls (one compiled program), each a whole number of images per device.
+    call_images = -(-num_images // (num_calls * num_devices)) * num_devices
     padded = num_calls * call_images
     images = np.concatenate(
         [images, np.zeros((padded - num_images, *images.shape[1:]), images.dtype)]
