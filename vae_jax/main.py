@@ -4,7 +4,6 @@ One flag per `Config` field (see vae_jax/config.py for the settings and their he
 """
 
 import dataclasses
-import gc
 import os
 import signal
 import sys
@@ -87,28 +86,49 @@ def main(argv: list[str]) -> None:
 class InterruptBeforeTraining:
     """SIGINT stops the block at once and exits 130 with one line.
 
-    The signal raises KeyboardInterrupt as usual, and is also remembered, so the exit does
-    not depend on where it landed. Python would print and drop a KeyboardInterrupt raised
-    inside a garbage-collection callback (JAX installs one), so a signal that lands there
-    is delivered again 50 ms later instead.
+    The signal raises KeyboardInterrupt as usual, and is also remembered. Where Python
+    cannot raise it (inside a garbage-collection or weakref callback; JAX installs one),
+    it reports and drops it instead: those reports are kept off stderr, and until the
+    block has ended the signal is delivered again every `RESEND_S`, so it stops the
+    block wherever it first lands.
     """
+
+    RESEND_S = 0.1
 
     def __init__(self):
         self.interrupted = False
+        self._leaving = False
+        self._resend_lock = threading.Lock()
 
     def _handle(self, signal_number, frame):
-        self.interrupted = True
-        if _inside_gc_callback(frame):
-            threading.Timer(0.05, os.kill, (os.getpid(), signal_number)).start()
+        del frame
+        if self._leaving:
             return
+        self.interrupted = True
+        threading.Timer(self.RESEND_S, self._resend, (signal_number,)).start()
         raise KeyboardInterrupt
+
+    def _resend(self, signal_number):
+        with self._resend_lock:
+            if not self._leaving:
+                os.kill(os.getpid(), signal_number)
+
+    def _unraisable(self, unraisable):
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            self._previous_hook(unraisable)
 
     def __enter__(self):
         self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
 
     def __exit__(self, exc_type, exc, traceback):
+        self._leaving = True
+        with self._resend_lock:  # No signal is sent from here on ...
+            pass
+        _run_pending_signal_handlers()  # ... and one already sent is ignored by _handle.
         signal.signal(signal.SIGINT, self._previous)
+        sys.unraisablehook = self._previous_hook
         if self.interrupted or exc_type is KeyboardInterrupt:
             print(
                 "interrupted before training began: the workdir is untouched, and a download "
@@ -118,14 +138,8 @@ class InterruptBeforeTraining:
             sys.exit(130)  # Replaces whatever the interrupted block raised.
 
 
-def _inside_gc_callback(frame) -> bool:
-    """Whether `frame` runs, or is called by, one of `gc.callbacks`."""
-    callback_codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callback_codes:
-            return True
-        frame = frame.f_back
-    return False
+def _run_pending_signal_handlers() -> None:
+    """Does nothing: calling a Python function makes CPython run pending signal handlers."""
 
 
 class StopOnSignal:
