@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from vae_jax import evaluate
@@ -68,3 +69,27 @@ def test_evaluate_command_refuses_a_folder_without_a_run(tmp_path):
     result = run_module("vae_jax.evaluate", f"--workdir={tmp_path}")
     assert result.returncode == 2
     assert "is not a finished run" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_continuous_bernoulli_run_gets_true_ordered_bounds(idx_dir, tmp_path):
+    workdir = tmp_path / "w"
+    train = run_module(
+        "vae_jax.main",
+        f"--data_dir={idx_dir}",
+        f"--workdir={workdir}",
+        "--num_train=512",
+        "--batch_size=128",
+        "--epochs=2",
+        "--reconstruction=continuous_bernoulli",
+    )
+    assert train.returncode == 0, train.stderr
+    result = run_module(
+        "vae_jax.evaluate", f"--workdir={workdir}", "--num_images=200", "--num_samples=1,50"
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads((workdir / "eval.json").read_text())
+    assert results["protocol"]["reconstruction"] == "continuous_bernoulli"
+    assert results["protocol"]["true_likelihood"] and "note:" not in result.stderr
+    neg = [results["bounds"][k]["neg_bound"] for k in ("1", "50")]
+    assert all(np.isfinite(neg)) and neg[1] <= neg[0]

@@ -79,6 +79,49 @@ def test_continuous_likelihoods_closed_form(nll, per_pixel):
     assert np.all(np.isfinite(nll(jnp.full((1, 3), 1e4), jnp.ones((1, 3)), scale)))
 
 
+def _continuous_bernoulli_density(logit: float, x: np.ndarray) -> np.ndarray:
+    """The density at pixels x [n] for one logit, through the library's -log p."""
+    logits = jnp.full((len(x), 1), logit, jnp.float32)
+    return np.exp(-np.asarray(losses.continuous_bernoulli_nll(logits, jnp.asarray(x)[:, None])))
+
+
+@pytest.mark.parametrize("logit", [-20.0, -7.5, -1.0, -0.05, 0.0, 0.099, 0.1, 0.3, 3.0, 20.0])
+def test_continuous_bernoulli_integrates_to_one(logit):
+    x = np.linspace(0.0, 1.0, 200_001)
+    density = _continuous_bernoulli_density(logit, x).astype(np.float64)
+    assert np.trapezoid(density, x) == pytest.approx(1.0, abs=2e-4)
+
+
+def test_continuous_bernoulli_known_values():
+    # lambda = 3/4 (logit log 3): C = 2 artanh(-1/2) / (-1/2) = 4 artanh(1/2) = 2 log 3.
+    log3 = float(np.log(3.0))
+    density = _continuous_bernoulli_density(log3, np.array([0.0, 1.0, 0.5]))
+    np.testing.assert_allclose(
+        density, 2 * log3 * np.array([0.25, 0.75, np.sqrt(0.75 * 0.25)]), rtol=1e-5
+    )
+    # lambda = 1/2 is the uniform density; the series and the closed form meet at the switch.
+    np.testing.assert_allclose(_continuous_bernoulli_density(0.0, np.array([0.2, 0.9])), 1.0)
+    switch = losses.CB_TAYLOR_BELOW
+    below, above = losses.continuous_bernoulli_log_normalizer(
+        jnp.array([np.nextafter(switch, 0, dtype=np.float32), switch], jnp.float32)
+    )
+    assert abs(below - above) < 1e-6
+    # Large logits: log C -> log |l|, finite at +-1e4.
+    extreme = losses.continuous_bernoulli_log_normalizer(jnp.array([-1e4, 1e4]))
+    np.testing.assert_allclose(extreme, np.log(1e4), rtol=1e-6)
+
+
+@pytest.mark.parametrize("logit", [0.0, 0.1, -0.1, 0.0999, 1e4, -1e4])
+def test_continuous_bernoulli_gradients_are_finite(logit):
+    def nll(logit):
+        return losses.continuous_bernoulli_nll(
+            jnp.full((1, 3), logit), jnp.array([[0.0, 0.4, 1.0]])
+        )[0]
+
+    value, grad = jax.value_and_grad(nll)(jnp.float32(logit))
+    assert np.isfinite(value) and np.isfinite(grad)
+
+
 def test_reconstruction_nll_dispatches_and_rejects_unknown():
     logits, images = jnp.ones((2, 5)), jnp.full((2, 5), 0.5)
     np.testing.assert_array_equal(

@@ -98,7 +98,8 @@ class Config:
     )
     reconstruction: str = _field(
         "bernoulli",
-        "Likelihood p(x|z): bernoulli (BCE), gaussian or laplace.",
+        "Likelihood p(x|z): bernoulli (BCE); continuous_bernoulli (a true density of "
+        "grayscale pixels, Loaiza-Ganem & Cunningham 2019); gaussian; laplace.",
         choices=RECONSTRUCTIONS,
     )
     recon_scale: float = _field(
