@@ -221,6 +221,14 @@ def test_iwae_run(idx_dir, tmp_path):
     assert records[1]["test_elbo"] < records[0]["test_elbo"]
 
 
+def test_dreg_run(idx_dir, tmp_path):
+    records = tiny_run(
+        idx_dir, tmp_path, objective="iwae", num_samples=5, gradient_estimator="dreg"
+    )
+    assert all(r["train_objective"] < r["train_loss"] for r in records)
+    assert records[1]["test_elbo"] < records[0]["test_elbo"]
+
+
 def test_free_bits_run(idx_dir, tmp_path):
     records = tiny_run(idx_dir, tmp_path, free_bits=0.5)
     for r in records:

@@ -19,7 +19,7 @@ from vae_jax import optim
 from vae_jax.errors import InputError
 from vae_jax.losses import DEFAULT_SCALE, RECONSTRUCTIONS
 from vae_jax.models import VAE, conv_image_side
-from vae_jax.objective import BOUNDS, Objective
+from vae_jax.objective import BOUNDS, GRADIENT_ESTIMATORS, Objective
 from vae_jax.schedules import SCHEDULES, beta_schedule
 
 ARCHITECTURES = ("mlp", "conv")
@@ -83,6 +83,12 @@ class Config:
         choices=BOUNDS,
     )
     num_samples: int = _field(1, "k, the z draws per image of --objective=iwae.")
+    gradient_estimator: str = _field(
+        "standard",
+        "standard, or dreg (with --objective=iwae): the encoder's doubly-reparameterized "
+        "gradient (Tucker et al. 2019), whose signal does not fade as k grows.",
+        choices=GRADIENT_ESTIMATORS,
+    )
     beta: float = _field(1.0, "Weight of the KL term; 1 gives the ELBO.")
     beta_schedule: str = _field(
         "constant",
@@ -199,6 +205,11 @@ class Config:
                 self.objective == "iwae" or self.num_samples == 1,
                 f"--num_samples={self.num_samples} is for --objective=iwae; add that flag",
             ),
+            (
+                self.gradient_estimator == "standard" or self.objective == "iwae",
+                f"--gradient_estimator={self.gradient_estimator} is for --objective=iwae; "
+                "add that flag",
+            ),
             (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.cycle_epochs > 0, f"--cycle_epochs must be > 0, got {self.cycle_epochs}"),
             (
@@ -293,6 +304,7 @@ class Config:
             reconstruction=self.reconstruction,
             recon_scale=self.recon_scale,
             free_bits=self.free_bits,
+            gradient_estimator=self.gradient_estimator,
             beta_schedule=beta_schedule(
                 self.beta_schedule,
                 steps_per_epoch,
