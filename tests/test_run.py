@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import workdir
+from vae_jax import bounds, data, workdir
 from vae_jax.config import Config
 from vae_jax.errors import InputError
 from vae_jax.run import train_and_evaluate
+from vae_jax.train import run_keys
 
 # A tiny run: 2 epochs of 2 steps.
 TINY = dict(num_train=256, batch_size=128, epochs=2, latent=4, hidden_sizes=(32,))
@@ -43,7 +44,7 @@ def strict_json(line: str):
 
 HOLD_LOCK = """
 import sys, time
-from vae_jax import workdir
+from vae_jax import bounds, data, workdir
 with workdir.lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
@@ -289,3 +290,30 @@ def test_config_refuses_settings_of_another_optimizer():
         dataclasses.replace(Config(), weight_decay=0.1).validate()
     with pytest.raises(InputError, match="--grad_clip must be >= 0"):
         Config(grad_clip=-1.0).validate()
+
+
+# --- Model selection on held-out training images ----------------------------------------
+
+
+def test_split_validation_holds_out_the_last_training_images(mnist_idx):
+    dataset, valid = data.split_validation(mnist_idx, num_valid=48, num_train=1000)
+    np.testing.assert_array_equal(valid, mnist_idx.train_images[-48:])
+    np.testing.assert_array_equal(dataset.train_images, mnist_idx.train_images[:1000])
+    np.testing.assert_array_equal(dataset.test_images, mnist_idx.test_images)
+    with pytest.raises(InputError, match="--num_valid=2000 leaves 48 of the 2048"):
+        data.split_validation(mnist_idx, num_valid=2000, num_train=100)
+
+
+def test_num_valid_logs_the_validation_elbo_and_keeps_the_best_parameters(idx_dir, tmp_path):
+    records = tiny_run(idx_dir, tmp_path, num_valid=256, epochs=3, learning_rate=3e-3)
+    valid_elbos = [r["valid_elbo"] for r in records]
+    assert all(np.isfinite(valid_elbos))
+    model, params, config = workdir.load_model(str(tmp_path / "w"), workdir.BEST_PARAMS_FILE)
+    # best_params.msgpack scores the lowest validation ELBO of the run, on the held-out
+    # images with the run's fixed validation draws.
+    dataset = data.read_idx_dir(str(idx_dir))
+    _, valid = data.split_validation(dataset, 256, config.num_train)
+    terms = bounds.elbo_terms(
+        model, params, data.eval_inputs(valid, "none"), jax.random.fold_in(run_keys(0).eval, 1)
+    )
+    assert float(np.mean(terms.recon + terms.kl)) == pytest.approx(min(valid_elbos), rel=1e-6)

@@ -150,6 +150,11 @@ class Config:
         choices=BINARIZATIONS,
     )
     num_train: int = _field(0, "Train on the first N training images only; 0 uses all.")
+    num_valid: int = _field(
+        0,
+        "Hold out the last N training images: their ELBO is logged each epoch and the "
+        "parameters of the best epoch are kept (best_params.msgpack); 0 is off.",
+    )
     # Devices: data parallel over all of them (see vae_jax/parallel.py).
     dtype: str = _field(
         "float32",
@@ -236,6 +241,7 @@ class Config:
             ),
             (self.grad_clip >= 0, f"--grad_clip must be >= 0 (0 is off), got {self.grad_clip}"),
             (self.num_train >= 0, f"--num_train must be >= 0 (0 = all), got {self.num_train}"),
+            (self.num_valid >= 0, f"--num_valid must be >= 0 (0 = off), got {self.num_valid}"),
             (
                 self.num_train == 0 or self.batch_size <= self.num_train,
                 f"--batch_size={self.batch_size} is larger than --num_train={self.num_train}; "

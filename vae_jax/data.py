@@ -124,6 +124,30 @@ def load_dataset(
     return dataset
 
 
+def split_validation(
+    dataset: Dataset, num_valid: int, num_train: int = 0
+) -> tuple[Dataset, np.ndarray]:
+    """Holds out the last `num_valid` training images for model selection.
+
+    Returns the dataset whose training split is the first `num_train` (0: all) of the
+    images not held out, and the held-out images [num_valid, pixels] uint8. The test
+    split is untouched, so it is never used to choose anything.
+    """
+    available = len(dataset.train_images) - num_valid
+    if available < max(num_train, 1):
+        raise InputError(
+            f"--num_valid={num_valid} leaves {max(available, 0)} of the "
+            f"{len(dataset.train_images)} training images, fewer than --num_train="
+            f"{num_train or 1}; lower --num_valid or --num_train"
+        )
+    kept = slice(0, num_train or available)
+    valid_images = dataset.train_images[available:]
+    dataset = dataset._replace(
+        train_images=dataset.train_images[kept], train_labels=dataset.train_labels[kept]
+    )
+    return dataset, valid_images
+
+
 def _tfds_prepared(data_dir: str, name: str) -> bool:
     """Whether `data_dir` holds `name` prepared as array_record (readable without TF)."""
     pattern = os.path.join(glob.escape(data_dir), name, "*", f"{name}-train.array_record*")

@@ -165,7 +165,8 @@ def main(argv) -> None:
         sys.exit(2)
     folder = flag_values.workdir
     try:
-        model, params, config = workdir.load_model(folder)
+        params_file = {"final": workdir.PARAMS_FILE, "best": workdir.BEST_PARAMS_FILE}
+        model, params, config = workdir.load_model(folder, params_file[flag_values.params])
         with workdir.lock(folder):
             evaluate_workdir(
                 folder,
@@ -173,6 +174,7 @@ def main(argv) -> None:
                 params,
                 config,
                 sample_counts,
+                which_params=flag_values.params,
                 data_dir=flag_values.data_dir or config.data_dir,
                 num_images=flag_values.num_images,
                 spherical=flag_values.spherical,
@@ -183,7 +185,16 @@ def main(argv) -> None:
 
 
 def evaluate_workdir(
-    folder, model, params, config, sample_counts, *, data_dir, num_images, spherical
+    folder,
+    model,
+    params,
+    config,
+    sample_counts,
+    *,
+    which_params="final",
+    data_dir,
+    num_images,
+    spherical,
 ) -> dict:
     """Scores a run's model on its test set; writes eval.json and the pictures to `folder`."""
     # Only the test split is used: read one training image, not all of them.
@@ -199,6 +210,7 @@ def evaluate_workdir(
         "binarization": config.binarization,
         "reconstruction": config.reconstruction,
         "true_likelihood": config.binarization != "none" or config.reconstruction != "bernoulli",
+        "params": which_params,  # final, or best: chosen on held-out training images
     }
     if not protocol["true_likelihood"]:
         print(
@@ -254,6 +266,13 @@ def define_flags() -> None:
         "Values of k for -L_k; the largest gives the NLL estimate.",
     )
     flags.DEFINE_string("data_dir", None, "Override the run's --data_dir.")
+    flags.DEFINE_enum(
+        "params",
+        "final",
+        ["final", "best"],
+        "final: the last epoch's parameters; best: those of the best validation ELBO "
+        "(a run trained with --num_valid).",
+    )
     flags.DEFINE_integer("num_images", 0, "Evaluate the first N test images only; 0 = all.")
     flags.DEFINE_bool("spherical", False, "Interpolate spherically (slerp) instead of linearly.")
 

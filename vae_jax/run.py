@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,7 +53,8 @@ def train_and_evaluate(
     # The same run stopped before its first checkpoint: start it again (it is a pure
     # function of its config, so nothing is lost).
     restarting = not resuming and workdir.is_same_run(config.workdir, config)
-    workdir.prepare(config, () if resuming or restarting else workdir.OUTPUTS)
+    outputs = (*workdir.OUTPUTS, workdir.BEST_PARAMS_FILE)
+    workdir.prepare(config, () if resuming or restarting else outputs)
     with _hold(config.workdir):
         return _train_and_evaluate(config, should_stop, mesh, resuming)
 
@@ -79,8 +79,13 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
     log = functools.partial(print, flush=True) if writer else lambda *_: None
     folder = config.workdir
     dataset = data.load_dataset(
-        config.dataset, config.data_dir, config.num_train, allow_download=config.download
+        config.dataset,
+        config.data_dir,
+        0 if config.num_valid else config.num_train,  # the held-out images are the last
+        allow_download=config.download,
     )
+    if config.num_valid:
+        dataset, valid_images = data.split_validation(dataset, config.num_valid, config.num_train)
     num_train = len(dataset.train_images)
     if config.batch_size > num_train:
         raise InputError(
@@ -129,6 +134,8 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
     )
     if resuming:
         log(f"resuming from the checkpoint of epoch {first_epoch - 1} in {folder}")
+    if config.num_valid:
+        log(f"validation: the last {config.num_valid} training images, held out")
 
     # Every device holds the uint8 training set (47 MB for MNIST) and gathers its own
     # slice of each global batch from it, so no batch crosses the host-device link.
@@ -159,6 +166,15 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
     run_eval = bounds.elbo_terms.lower(
         eval_model, state.params, test_images, eval_key, beta, objective=objective, mesh=mesh
     ).compile()
+    if config.num_valid:
+        valid_inputs = parallel.put_replicated(
+            data.eval_inputs(valid_images, config.binarization), mesh
+        )
+        valid_key = jax.random.fold_in(eval_key, 1)
+        run_valid = bounds.elbo_terms.lower(
+            eval_model, state.params, valid_inputs, valid_key, beta, objective=objective, mesh=mesh
+        ).compile()
+        best_valid_elbo = min((r["valid_elbo"] for r in history), default=np.inf)
     compile_time_s = time.perf_counter() - compile_start
 
     for epoch in range(first_epoch, config.epochs + 1):
@@ -185,6 +201,9 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
             "epoch_time_s": epoch_time_s,
             "images_per_s": num_train / epoch_time_s,
         }
+        if config.num_valid:
+            valid_terms = jax.device_get(run_valid(state.params, valid_inputs, valid_key, beta))
+            record["valid_elbo"] = float(np.mean(valid_terms.recon + valid_terms.kl))
         if config.on_nan == "skip_batch":
             record["skipped_batches"] = int(train_metrics["skipped_batches"])
         if epoch == first_epoch:
@@ -203,6 +222,10 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
                 + (f"the checkpoint of epoch {kept} is kept; " if kept else "no checkpoint yet; ")
                 + "lower --learning_rate, or pass --on_nan=skip_batch"
             )
+        if config.num_valid and record["valid_elbo"] < best_valid_elbo:
+            best_valid_elbo = record["valid_elbo"]
+            if writer:  # Selected on the validation images only, never on the test set.
+                workdir.write_params(os.path.join(folder, workdir.BEST_PARAMS_FILE), state.params)
         log(format_progress(record, config.epochs))
         stop = parallel.any_process(should_stop())
         if stop or epoch % config.checkpoint_every == 0 or epoch == config.epochs:
@@ -216,8 +239,7 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
 
     host_params = jax.device_get(state.params)
     if writer:
-        with open(os.path.join(folder, workdir.PARAMS_FILE), "wb") as f:
-            f.write(flax.serialization.to_bytes(host_params))
+        workdir.write_params(os.path.join(folder, workdir.PARAMS_FILE), host_params)
         # On this process's first device, from host copies: the other processes are done.
         write_pictures(
             eval_model,
@@ -254,6 +276,8 @@ def format_progress(record: dict[str, Any], num_epochs: int) -> str:
     return (
         f"epoch {record['epoch']:>3}/{num_epochs}  train {record['train_loss']:8.3f}  "
         f"test {record['test_loss']:8.3f} (recon {record['test_recon']:.3f}, "
-        f"kl {record['test_kl']:.3f})  beta {record.get('beta', 1.0):.3g}  "
+        f"kl {record['test_kl']:.3f})  "
+        + (f"valid {record['valid_elbo']:8.3f}  " if "valid_elbo" in record else "")
+        + f"beta {record.get('beta', 1.0):.3g}  "
         f"{record['epoch_time_s']:.3f} s  {record['images_per_s']:,.0f} images/s"
     )

@@ -4,6 +4,7 @@
     <workdir>/config.json      the run's settings and the image shape
     <workdir>/metrics.jsonl    one JSON record per epoch
     <workdir>/params.msgpack   the final parameters (flax.serialization)
+    <workdir>/best_params.msgpack  with --num_valid: those of the best validation ELBO
     <workdir>/samples.png, reconstructions.png, loss_curves.png
     <workdir>/checkpoints/     see vae_jax/checkpoint.py
     <workdir>/.vae_jax.lock    held by the process using the folder; empty otherwise
@@ -36,6 +37,7 @@ PARAMS_FILE = "params.msgpack"
 SAMPLES_FILE = "samples.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 LOSS_CURVES_FILE = "loss_curves.png"
+BEST_PARAMS_FILE = "best_params.msgpack"  # with --num_valid: the best epoch's parameters
 LOCK_FILE = ".vae_jax.lock"
 # What a finished run leaves (besides checkpoints/ and the lock file).
 OUTPUTS = (
@@ -202,30 +204,38 @@ def write_metrics(path: str, records: list[dict[str, Any]], append: bool = False
         _write_atomically(path, lines)
 
 
-def _write_atomically(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
+def write_params(path: str, params) -> None:
+    """Writes a `params` collection as msgpack (`flax.serialization`), atomically."""
+    _write_atomically(path, flax.serialization.to_bytes(jax.device_get(params)))
+
+
+def _write_atomically(path: str, content: str | bytes) -> None:
+    with open(path + ".tmp", "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
     os.replace(path + ".tmp", path)
 
 
 # --- The trained model --------------------------------------------------------------------
 
 
-def load_model(workdir: str) -> tuple[VAE, Any, Config]:
+def load_model(workdir: str, params_file: str = PARAMS_FILE) -> tuple[VAE, Any, Config]:
     """A finished run's (model, params, config), read from its folder alone.
 
     The model is the one trained (its `dtype` included; `model.clone(dtype=jnp.float32)`
-    scores it in float32), and `params` its final `params` collection on the host.
+    scores it in float32), and `params` the `params` collection of `params_file` (the
+    final one, or `BEST_PARAMS_FILE`) on the host.
 
     Raises InputError if the folder holds no finished run, or an unreadable one.
     """
-    paths = {name: os.path.join(workdir, name) for name in (CONFIG_FILE, PARAMS_FILE)}
+    paths = {name: os.path.join(workdir, name) for name in (CONFIG_FILE, params_file)}
     missing = [name for name, path in paths.items() if not os.path.isfile(path)]
     if missing:
-        raise InputError(
-            f"{workdir} is not a finished run (no {', '.join(missing)}); "
-            "train with python -m vae_jax.main --workdir=... first"
+        fix = (
+            "train with --num_valid=N to keep the best parameters"
+            if params_file == BEST_PARAMS_FILE and CONFIG_FILE not in missing
+            else "train with python -m vae_jax.main --workdir=... first"
         )
+        raise InputError(f"{workdir} is not a finished run (no {', '.join(missing)}); {fix}")
     config, image_shape = read_config(workdir)
     if image_shape is None:
         raise InputError(
@@ -235,14 +245,14 @@ def load_model(workdir: str) -> tuple[VAE, Any, Config]:
     model = config.build_model(image_shape)
     template = jax.eval_shape(functools.partial(train.init_params, model), jax.random.key(0))
     try:
-        with open(paths[PARAMS_FILE], "rb") as f:
+        with open(paths[params_file], "rb") as f:
             params = flax.serialization.from_bytes(template, f.read())
     except Exception as e:  # msgpack and flax raise several types for a bad file.
-        raise InputError(f"cannot load {paths[PARAMS_FILE]} ({type(e).__name__}: {e})") from None
+        raise InputError(f"cannot load {paths[params_file]} ({type(e).__name__}: {e})") from None
     shapes = jax.tree.map(lambda leaf: tuple(leaf.shape), (template, params))
     if shapes[0] != shapes[1]:
         raise InputError(
-            f"{paths[PARAMS_FILE]} does not fit the model of {paths[CONFIG_FILE]}; "
+            f"{paths[params_file]} does not fit the model of {paths[CONFIG_FILE]}; "
             "was one of them replaced?"
         )
     return model, params, config
