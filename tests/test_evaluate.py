@@ -30,26 +30,31 @@ def run_module(module, *flags):
     )
 
 
-@pytest.mark.slow
-def test_evaluate_command_end_to_end(tfds_dir, tmp_path):
-    workdir = tmp_path / "w"
+def train_then_evaluate(data_dir, workdir, train_flags, eval_flags):
+    """A 512-image run of vae_jax.main, then vae_jax.evaluate on it: (its result, eval.json)."""
     train = run_module(
         "vae_jax.main",
-        f"--data_dir={tfds_dir}",
+        f"--data_dir={data_dir}",
         f"--workdir={workdir}",
         "--num_train=512",
         "--batch_size=128",
-        "--epochs=1",
-        "--latent=2",
-        "--hidden_sizes=32",
-        "--binarization=dynamic",
+        *train_flags,
     )
     assert train.returncode == 0, train.stderr
-    result = run_module(
-        "vae_jax.evaluate", f"--workdir={workdir}", "--num_images=300", "--num_samples=1,10,100"
-    )
+    result = run_module("vae_jax.evaluate", f"--workdir={workdir}", *eval_flags)
     assert result.returncode == 0, result.stderr
-    results = json.loads((workdir / "eval.json").read_text())
+    return result, json.loads((workdir / "eval.json").read_text())
+
+
+@pytest.mark.slow
+def test_evaluate_command_end_to_end(tfds_dir, tmp_path):
+    workdir = tmp_path / "w"
+    result, results = train_then_evaluate(
+        tfds_dir,
+        workdir,
+        ["--epochs=1", "--latent=2", "--hidden_sizes=32", "--binarization=dynamic"],
+        ["--num_images=300", "--num_samples=1,10,100"],
+    )
     assert results["protocol"]["binarization"] == "dynamic" and results["num_images"] == 300
     neg = [results["bounds"][k]["neg_bound"] for k in ("1", "10", "100")]
     assert neg == sorted(neg, reverse=True)
@@ -74,21 +79,12 @@ def test_evaluate_command_refuses_a_folder_without_a_run(tmp_path):
 @pytest.mark.slow
 def test_continuous_bernoulli_run_gets_true_ordered_bounds(idx_dir, tmp_path):
     workdir = tmp_path / "w"
-    train = run_module(
-        "vae_jax.main",
-        f"--data_dir={idx_dir}",
-        f"--workdir={workdir}",
-        "--num_train=512",
-        "--batch_size=128",
-        "--epochs=2",
-        "--reconstruction=continuous_bernoulli",
+    result, results = train_then_evaluate(
+        idx_dir,
+        workdir,
+        ["--epochs=2", "--reconstruction=continuous_bernoulli"],
+        ["--num_images=200", "--num_samples=1,50"],
     )
-    assert train.returncode == 0, train.stderr
-    result = run_module(
-        "vae_jax.evaluate", f"--workdir={workdir}", "--num_images=200", "--num_samples=1,50"
-    )
-    assert result.returncode == 0, result.stderr
-    results = json.loads((workdir / "eval.json").read_text())
     assert results["protocol"]["reconstruction"] == "continuous_bernoulli"
     assert results["protocol"]["true_likelihood"] and "note:" not in result.stderr
     neg = [results["bounds"][k]["neg_bound"] for k in ("1", "50")]
