@@ -190,7 +190,6 @@ def test_an_interrupt_landing_in_a_gc_callback_is_delivered_again(capsys):
             signal.raise_signal(signal.SIGINT)  # handled, and dropped, inside callbacks
 
     fired, reports = [], []
-    gc.callbacks.append(interrupt_once)
     start = time.perf_counter()
     try:
         with (
@@ -199,10 +198,13 @@ def test_an_interrupt_landing_in_a_gc_callback_is_delivered_again(capsys):
         ):
             patch.setattr(sys, "unraisablehook", reports.append)  # Python's reports
             with InterruptBeforeTraining():
+                # Armed inside the block: a collection before it would spend the signal.
+                gc.callbacks.append(interrupt_once)
                 gc.collect()
                 time.sleep(5)  # The signal comes again here, and stops the block at once.
     finally:
-        gc.callbacks.remove(interrupt_once)
+        if interrupt_once in gc.callbacks:
+            gc.callbacks.remove(interrupt_once)
     assert stopped.value.code == 130 and fired
     assert time.perf_counter() - start < 2
     # One line: the dropped KeyboardInterrupt's "Exception ignored in ..." stays unsaid.
