@@ -1,69 +1,209 @@
-"""The README's reproduced tables, one command each; each prints a Markdown table.
+"""The README's reproduced tables, one command each.
 
     python experiments/tables.py reference  --data_dir=../shared/data/tensorflow_datasets
-    python experiments/tables.py likelihood --data_dir=../shared/data/tensorflow_datasets
     python experiments/tables.py latent     --data_dir=../shared/data/tensorflow_datasets
+    python experiments/tables.py likelihood --data_dir=../shared/data/tensorflow_datasets
+    python experiments/tables.py long       --data_dir=../shared/data/tensorflow_datasets
+    python experiments/tables.py continuous --data_dir=../shared/data/tensorflow_datasets
+
+Each prints a Markdown table and writes it to --workdir/<table>/table.md, beside
+curves.png: the test (and validation) negative ELBO of each run against epochs.
 
 reference:  the PyTorch reference's protocol (grayscale pixels, latent 64, beta 1, 20
             epochs, batch 256, Adam 1e-3): test negative ELBO next to its 101.75.
-likelihood: dynamically binarized MNIST, trained with the ELBO and with the IWAE bound
-            (k = 5 and 50) for --epochs each; NLL = -L_5000 on the first --num_test test
-            images (the same images and draws for every model), next to Burda et al. 2016
-            Table 1 (one stochastic layer, 3,280 passes: VAE 86.76, IWAE k=50 84.78).
 latent:     the reference protocol at latent sizes 2 to 64: test negative ELBO, its
             terms and the active units.
+likelihood: short runs of the benchmark: dynamically binarized MNIST, trained with the
+            ELBO and with the IWAE bound (k = 5 and 50) for --epochs each (5); NLL =
+            -L_5000 on the first --num_test test images, the same images and draws for
+            every model.
+long:       the benchmark at full strength, about an hour per run on 2 CPU cores:
+            dynamically binarized MNIST, the reference network, the last 10,000
+            training images held out for validation, Adam 1e-3 decayed to 0 by a
+            cosine. --runs picks from LONG_RUNS (default: the VAE and IWAE k = 5 with
+            DReG). The parameters of the best validation ELBO are scored on all 10,000
+            test images (eval.json in each run's folder), next to Burda et al. 2016
+            Table 1 (one stochastic layer, 3,280 passes).
+continuous: the reference protocol (20 epochs) with the Bernoulli and with the
+            continuous Bernoulli likelihood, -L_1, -L_50 and -L_5000 on all 10,000
+            test images: only the second is a likelihood of grayscale pixels.
 
-Runs go to --workdir/<table>/<name>; a finished run is reused (delete it to retrain).
+Runs go to --workdir/<table>/<name>; a finished run is reused (delete it to retrain), and
+so is an eval.json that holds the bounds asked for. A run that was cut short resumes
+from its last checkpoint.
 """
 
 import dataclasses
 import json
 import os
 import statistics
+import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
-from vae_jax import bounds, data, parallel
+from vae_jax import bounds, data, parallel, plots
 from vae_jax.config import Config
-from vae_jax.evaluate import evaluate_run
+from vae_jax.errors import InputError
+from vae_jax.evaluate import EVAL_FILE, evaluate_run, evaluate_workdir
 from vae_jax.models import posterior
 from vae_jax.run import train_and_evaluate
 from vae_jax.train import run_keys
-from vae_jax.workdir import METRICS_FILE, PARAMS_FILE, load_model, read_metrics
+from vae_jax.workdir import (
+    BEST_PARAMS_FILE,
+    METRICS_FILE,
+    PARAMS_FILE,
+    load_model,
+    lock,
+    read_config,
+    read_metrics,
+)
+
+# The long runs; each is sized to about an hour on the 2-core CPU (see the README).
+_LONG_BASE = Config(binarization="dynamic", num_valid=10_000, lr_schedule="cosine")
+_IWAE_DREG = dict(objective="iwae", gradient_estimator="dreg")
+LONG_RUNS = {
+    "vae": dataclasses.replace(_LONG_BASE, epochs=1000),
+    "iwae5_dreg": dataclasses.replace(_LONG_BASE, num_samples=5, epochs=300, **_IWAE_DREG),
+    "iwae50_dreg": dataclasses.replace(_LONG_BASE, num_samples=50, epochs=1000, **_IWAE_DREG),
+}
+LONG_CHECKPOINT_EVERY = 50  # epochs; a long run cut short loses at most this many
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS or IDX folder; unset: TFDS's, else cache.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/tables", "Where the runs go.")
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs (default: per table).")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "Training epochs (default: per table and run).")
 _NUM_TEST = flags.DEFINE_integer("num_test", 2000, "Test images for the NLL (likelihood).")
 _NLL_SAMPLES = flags.DEFINE_integer("nll_samples", 5000, "k of the NLL estimate -L_k.")
+_RUNS = flags.DEFINE_list(
+    "runs", ["vae", "iwae5_dreg"], f"long: which of {', '.join(LONG_RUNS)} to train and score."
+)
 
+MNIST_TEST_IMAGES = 10_000
 REFERENCE_TEST_LOSS = 101.75  # seed_torch.py's docstring, epoch 20
-BURDA_NLL = {"elbo": "86.76", "iwae5": "-", "iwae50": "84.78"}  # Table 1, one layer
+# Burda et al. 2016, Table 1, MNIST, one stochastic layer: NLL of each training objective.
+BURDA_NLL = {
+    "elbo": "86.76",
+    "iwae5": "85.54",
+    "iwae50": "84.78",
+    "vae": "86.76",
+    "iwae5_dreg": "85.54 (standard gradient)",
+    "iwae50_dreg": "84.78 (standard gradient)",
+}
+# Settings that say where a run lives or how often it is saved, not what it computes.
+_NOT_SETTINGS = frozenset(
+    {"data_dir", "workdir", "download", "checkpoint_every", "keep_checkpoints"}
+)
 
 
-def train(table: str, name: str, config: Config) -> tuple[Config, list[dict]]:
+def train(
+    table: str, name: str, config: Config, checkpoint_every: int = 1000
+) -> tuple[Config, list[dict]]:
     """Trains `config` into --workdir/table/name, or reuses the run finished there."""
     workdir = os.path.join(_WORKDIR.value, table, name)
     config = dataclasses.replace(
-        config, data_dir=_DATA_DIR.value, workdir=workdir, checkpoint_every=1000
+        config, data_dir=_DATA_DIR.value, workdir=workdir, checkpoint_every=checkpoint_every
     )
-    if not os.path.isfile(os.path.join(workdir, PARAMS_FILE)):
+    if os.path.isfile(os.path.join(workdir, PARAMS_FILE)):
+        saved, _ = read_config(workdir)
+        differ = [
+            field.name
+            for field in dataclasses.fields(Config)
+            if field.name not in _NOT_SETTINGS
+            and getattr(saved, field.name) != getattr(config, field.name)
+        ]
+        if differ:
+            raise InputError(
+                f"{workdir} holds a finished run with other {', '.join(differ)}; delete it "
+                "to retrain, or name another --workdir"
+            )
+    else:
         train_and_evaluate(config)
     return config, read_metrics(os.path.join(workdir, METRICS_FILE))
+
+
+def score(config: Config, which_params: str, sample_counts: tuple[int, ...]) -> dict:
+    """`python -m vae_jax.evaluate --params=which_params` on all test images of a run.
+
+    Writes eval.json (and the pictures) into the run's folder, or returns the eval.json
+    found there when it holds the same parameters, bounds and all test images.
+    """
+    path = os.path.join(config.workdir, EVAL_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            results = json.load(f)
+        if (
+            results["protocol"]["params"] == which_params
+            and set(results["bounds"]) == {str(k) for k in sample_counts}
+            and results["num_images"] == MNIST_TEST_IMAGES
+        ):
+            return results
+    params_file = {"final": PARAMS_FILE, "best": BEST_PARAMS_FILE}[which_params]
+    model, params, saved = load_model(config.workdir, params_file)
+    with lock(config.workdir):
+        return evaluate_workdir(
+            config.workdir,
+            model,
+            params,
+            saved,
+            sample_counts,
+            which_params=which_params,
+            data_dir=config.data_dir,
+            num_images=0,
+            spherical=False,
+        )
+
+
+def emit(table: str, lines: list[str], histories: dict[str, list[dict]]) -> None:
+    """Prints the table and writes it, with the runs' curves, to --workdir/table/."""
+    folder = os.path.join(_WORKDIR.value, table)
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    with open(os.path.join(folder, "table.md"), "w") as f:
+        f.write(text)
+    plots.save_elbo_curves(histories, os.path.join(folder, "curves.png"))
+    print(f"wrote table.md and curves.png to {folder}")
+
+
+def _sample_counts() -> tuple[int, ...]:
+    """The k of the full-test-set tables: 1 (the ELBO), 50 and --nll_samples."""
+    return tuple(sorted({1, 50, _NLL_SAMPLES.value}))
+
+
+def _bound_header() -> str:
+    largest = max(_sample_counts())
+    names = {1: "-L_1 (ELBO)", largest: f"NLL = -L_{largest}"}
+    return " | ".join(names.get(k, f"-L_{k}") for k in _sample_counts())
+
+
+def _bound_cells(results: dict) -> str:
+    largest = max(_sample_counts())
+    return " | ".join(
+        f"**{_bound(results, k)}**" if k == largest else _bound(results, k)
+        for k in _sample_counts()
+    )
+
+
+def _bound(results: dict, k: int) -> str:
+    bound = results["bounds"][str(k)]
+    return f"{bound['neg_bound']:.2f} ± {bound['stderr']:.2f}"
 
 
 def reference_table():
     config, history = train("reference", "latent64", Config(epochs=_EPOCHS.value or 20))
     last = history[-1]
-    print(f"\nreference protocol, {config.epochs} epochs, seed {config.seed}:")
-    print("| | test negative ELBO | recon | KL | train loss | epoch time |")
-    print("| --- | --- | --- | --- | --- | --- |")
     median_time = statistics.median(r["epoch_time_s"] for r in history[1:] or history)
-    print(
-        f"| vae_jax | {last['test_elbo']:.2f} | {last['test_recon']:.2f} | "
-        f"{last['test_kl']:.2f} | {last['train_loss']:.2f} | {median_time:.2f} s |"
+    emit(
+        "reference",
+        [
+            f"reference protocol, {config.epochs} epochs, seed {config.seed}:",
+            "| | test negative ELBO | recon | KL | train loss | epoch time |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| vae_jax | {last['test_elbo']:.2f} | {last['test_recon']:.2f} | "
+            f"{last['test_kl']:.2f} | {last['train_loss']:.2f} | {median_time:.2f} s |",
+            f"| PyTorch reference (its docstring) | {REFERENCE_TEST_LOSS} | | | | |",
+        ],
+        {"reference protocol": history},
     )
-    print(f"| PyTorch reference (its docstring) | {REFERENCE_TEST_LOSS} | | | | |")
 
 
 def likelihood_table():
@@ -76,7 +216,14 @@ def likelihood_table():
         "iwae5": dataclasses.replace(base, objective="iwae", num_samples=5),
         "iwae50": dataclasses.replace(base, objective="iwae", num_samples=50),
     }
-    rows = []
+    lines = [
+        f"dynamically binarized MNIST, latent 64, {epochs} epochs each; -L_k on the first "
+        f"{len(test_images)} test images (nats):",
+        f"| objective | -L_1 (ELBO) | NLL = -L_{_NLL_SAMPLES.value} | active units | "
+        "train time | Burda et al. NLL (3,280 passes) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    histories = {}
     for name, config in runs.items():
         config, history = train("likelihood", name, config)
         model, params, _ = load_model(config.workdir)
@@ -89,58 +236,119 @@ def likelihood_table():
             mesh=parallel.data_mesh(),
             show_progress=False,
         )
-        rows.append((name, config, history, results))
         with open(os.path.join(config.workdir, "likelihood.json"), "w") as f:
             json.dump(results, f, indent=2)
-    print(
-        f"\ndynamically binarized MNIST, latent 64, {epochs} epochs each; -L_k on the first "
-        f"{len(test_images)} test images (nats):"
-    )
-    print(
-        f"| objective | -L_1 (ELBO) | NLL = -L_{_NLL_SAMPLES.value} | active units | train time | "
-        "Burda et al. NLL (3,280 passes) |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, config, history, results in rows:
-        by_k = results["bounds"]
         label = "ELBO" if config.objective == "elbo" else f"IWAE, k = {config.num_samples}"
-        nll = by_k[str(_NLL_SAMPLES.value)]
         train_time = sum(r["epoch_time_s"] for r in history)
-        print(
-            f"| {label} | {by_k['1']['neg_bound']:.2f} ± {by_k['1']['stderr']:.2f} | "
-            f"{nll['neg_bound']:.2f} ± {nll['stderr']:.2f} | {results['active_units']}/64 | "
-            f"{train_time:.0f} s | {BURDA_NLL[name]} |"
+        lines.append(
+            f"| {label} | {_bound(results, 1)} | {_bound(results, _NLL_SAMPLES.value)} | "
+            f"{results['active_units']}/64 | {train_time:.0f} s | {BURDA_NLL[name]} |"
         )
+        histories[label] = history
+    emit("likelihood", lines, histories)
 
 
 def latent_table():
     dataset = data.load_dataset("mnist", _DATA_DIR.value)
     test_images = data.eval_inputs(dataset.test_images, "none")
-    print_rows = []
+    epochs = _EPOCHS.value or 20
+    lines = [
+        f"reference protocol at other latent sizes, {epochs} epochs each:",
+        "| latent | test negative ELBO | recon | KL | active units |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    histories = {}
     for latent in (2, 4, 8, 16, 32, 64):
-        config, history = train(
-            "latent", f"latent{latent}", Config(latent=latent, epochs=_EPOCHS.value or 20)
-        )
+        config, history = train("latent", f"latent{latent}", Config(latent=latent, epochs=epochs))
         model, params, _ = load_model(config.workdir)
         mean, _ = posterior(model, params, test_images)
         last = history[-1]
-        print_rows.append(
+        lines.append(
             f"| {latent} | {last['test_elbo']:.2f} | {last['test_recon']:.2f} | "
             f"{last['test_kl']:.2f} | {bounds.active_units(mean)}/{latent} |"
         )
-    print(f"\nreference protocol at other latent sizes, {config.epochs} epochs each:")
-    print("| latent | test negative ELBO | recon | KL | active units |")
-    print("| --- | --- | --- | --- | --- |")
-    print("\n".join(print_rows))
+        histories[f"latent {latent}"] = history
+    emit("latent", lines, histories)
 
 
-TABLES = {"reference": reference_table, "likelihood": likelihood_table, "latent": latent_table}
+def long_table():
+    unknown = [name for name in _RUNS.value if name not in LONG_RUNS]
+    if unknown:
+        raise app.UsageError(
+            f"unknown --runs {','.join(unknown)}; pick from {', '.join(LONG_RUNS)}"
+        )
+    lines = [
+        "dynamically binarized MNIST, the reference network (latent 64), batch 256, Adam "
+        "1e-3 decayed to 0 by a cosine, the last 10,000 training images held out; the "
+        "parameters of the best validation ELBO, -L_k on all 10,000 test images (nats, ± "
+        "standard error over images):",
+        f"| run | epochs | best epoch | valid -L_1 | {_bound_header()} | active units | "
+        "training time | Burda et al. 2016 NLL |",
+        "| --- " * (7 + len(_sample_counts())) + "|",
+    ]
+    histories = {}
+    for name in _RUNS.value:
+        config = LONG_RUNS[name]
+        if _EPOCHS.value:
+            config = dataclasses.replace(config, epochs=_EPOCHS.value)
+        config, history = train("long", name, config, LONG_CHECKPOINT_EVERY)
+        results = score(config, "best", _sample_counts())
+        best = min(history, key=lambda r: r["valid_elbo"])
+        minutes = (history[0]["compile_time_s"] + sum(r["epoch_time_s"] for r in history)) / 60
+        label = "VAE (ELBO)" if config.objective == "elbo" else f"IWAE, k = {config.num_samples}"
+        if config.gradient_estimator == "dreg":
+            label += ", DReG"
+        lines.append(
+            f"| {label} | {config.epochs} | {best['epoch']} | {best['valid_elbo']:.2f} | "
+            f"{_bound_cells(results)} | {results['active_units']}/64 | {minutes:.1f} min | "
+            f"{BURDA_NLL[name]} |"
+        )
+        histories[label] = history
+    emit("long", lines, histories)
+
+
+def continuous_table():
+    epochs = _EPOCHS.value or 20
+    lines = [
+        f"reference protocol (grayscale pixels), {epochs} epochs each; -L_k on all 10,000 "
+        "test images (nats, ± standard error over images):",
+        f"| p(x\\|z) | a density of the pixels? | {_bound_header()} | ELBO - NLL gap | "
+        "active units |",
+        "| --- " * (4 + len(_sample_counts())) + "|",
+    ]
+    histories = {}
+    for reconstruction in ("bernoulli", "continuous_bernoulli"):
+        config, history = train(
+            "continuous", reconstruction, Config(epochs=epochs, reconstruction=reconstruction)
+        )
+        results = score(config, "final", _sample_counts())
+        density = "yes" if reconstruction == "continuous_bernoulli" else "no"
+        lines.append(
+            f"| {reconstruction.replace('_', ' ')} | {density} | {_bound_cells(results)} | "
+            f"{results['elbo_nll_gap']:.2f} | {results['active_units']}/64 |"
+        )
+        histories[reconstruction.replace("_", " ")] = history
+    emit("continuous", lines, histories)
+
+
+TABLES = {
+    "reference": reference_table,
+    "latent": latent_table,
+    "likelihood": likelihood_table,
+    "long": long_table,
+    "continuous": continuous_table,
+}
 
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in TABLES:
         raise app.UsageError(f"name one table: {', '.join(TABLES)}")
-    TABLES[argv[1]]()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines off the console
+    try:
+        TABLES[argv[1]]()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Uses matplotlib's object API with the Agg canvas (no pyplot), so nothing global 
 and no display is needed.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib.image
@@ -185,6 +185,39 @@ def save_training_curves(history: Sequence[dict[str, Any]], path: str) -> None:
         axes.set_xlabel("epoch")
         axes.set_ylabel("nats / image")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def save_elbo_curves(histories: Mapping[str, Sequence[dict[str, Any]]], path: str) -> None:
+    """Test (and, with --num_valid, validation) negative ELBO per epoch, a panel per run.
+
+    `histories` maps a run's name to its metrics records. The epoch of the best
+    validation ELBO is marked; runs of over 100 epochs get a log-scale epoch axis, so
+    that the early drop and the late tail both show.
+    """
+    figure = Figure(figsize=(5 * len(histories), 3.8), dpi=100)
+    FigureCanvasAgg(figure)
+    for i, (name, history) in enumerate(histories.items()):
+        axes = figure.add_subplot(1, len(histories), i + 1)
+        epochs = np.array([record["epoch"] for record in history])
+        for key, label in (("test_elbo", "test"), ("valid_elbo", "validation")):
+            values = np.array([record.get(key) for record in history], dtype=float)
+            if not np.isnan(values).all():
+                axes.plot(epochs, values, label=label)
+        valid = np.array([record.get("valid_elbo") for record in history], dtype=float)
+        if not np.isnan(valid).all():
+            best = int(epochs[np.nanargmin(valid)])
+            axes.axvline(best, color="gray", linestyle=":", label=f"best valid: epoch {best}")
+        if epochs[-1] > 100:
+            axes.set_xscale("log")
+        else:
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(name)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("negative ELBO (nats / image)")
         axes.grid(alpha=0.3)
         axes.legend()
     figure.tight_layout()
