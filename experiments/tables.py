@@ -35,6 +35,7 @@ from its last checkpoint.
 
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -293,7 +294,8 @@ def long_table():
             config = dataclasses.replace(config, epochs=_EPOCHS.value)
         config, history = train("long", name, config, LONG_CHECKPOINT_EVERY)
         results = score(config, "best", _sample_counts())
-        best = min(history, key=lambda r: r["valid_elbo"])
+        # metrics.jsonl writes a non-finite value as null: such an epoch is never the best.
+        best = min(history, key=lambda r: math.inf if r["valid_elbo"] is None else r["valid_elbo"])
         minutes = (history[0]["compile_time_s"] + sum(r["epoch_time_s"] for r in history)) / 60
         label = "VAE (ELBO)" if config.objective == "elbo" else f"IWAE, k = {config.num_samples}"
         if config.gradient_estimator == "dreg":
