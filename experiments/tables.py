@@ -46,12 +46,11 @@ from absl import logging as absl_logging
 from vae_jax import bounds, data, parallel, plots
 from vae_jax.config import Config
 from vae_jax.errors import InputError
-from vae_jax.evaluate import EVAL_FILE, evaluate_run, evaluate_workdir
+from vae_jax.evaluate import EVAL_FILE, PARAMS_FILES, evaluate_run, evaluate_workdir
 from vae_jax.models import posterior
 from vae_jax.run import train_and_evaluate
 from vae_jax.train import run_keys
 from vae_jax.workdir import (
-    BEST_PARAMS_FILE,
     METRICS_FILE,
     PARAMS_FILE,
     load_model,
@@ -138,8 +137,7 @@ def score(config: Config, which_params: str, sample_counts: tuple[int, ...]) -> 
             and results["num_images"] == MNIST_TEST_IMAGES
         ):
             return results
-    params_file = {"final": PARAMS_FILE, "best": BEST_PARAMS_FILE}[which_params]
-    model, params, saved = load_model(config.workdir, params_file)
+    model, params, saved = load_model(config.workdir, PARAMS_FILES[which_params])
     with lock(config.workdir):
         return evaluate_workdir(
             config.workdir,

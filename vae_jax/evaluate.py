@@ -27,6 +27,8 @@ from vae_jax.objective import Objective
 from vae_jax.train import run_keys
 
 EVAL_FILE = "eval.json"
+# --params: which of a run's parameter files to score.
+PARAMS_FILES = {"final": workdir.PARAMS_FILE, "best": workdir.BEST_PARAMS_FILE}
 
 
 def evaluate_run(
@@ -165,8 +167,7 @@ def main(argv) -> None:
         sys.exit(2)
     folder = flag_values.workdir
     try:
-        params_file = {"final": workdir.PARAMS_FILE, "best": workdir.BEST_PARAMS_FILE}
-        model, params, config = workdir.load_model(folder, params_file[flag_values.params])
+        model, params, config = workdir.load_model(folder, PARAMS_FILES[flag_values.params])
         with workdir.lock(folder):
             evaluate_workdir(
                 folder,
@@ -269,7 +270,7 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "params",
         "final",
-        ["final", "best"],
+        list(PARAMS_FILES),
         "final: the last epoch's parameters; best: those of the best validation ELBO "
         "(a run trained with --num_valid).",
     )
