@@ -203,11 +203,15 @@ def save_elbo_curves(histories: Mapping[str, Sequence[dict[str, Any]]], path: st
     for i, (name, history) in enumerate(histories.items()):
         axes = figure.add_subplot(1, len(histories), i + 1)
         epochs = np.array([record["epoch"] for record in history])
-        for key, label in (("test_elbo", "test"), ("valid_elbo", "validation")):
-            values = np.array([record.get(key) for record in history], dtype=float)
+        # Missing or null (non-finite) values are NaN: matplotlib leaves them out.
+        curves = {
+            label: np.array([record.get(key) for record in history], dtype=float)
+            for key, label in (("test_elbo", "test"), ("valid_elbo", "validation"))
+        }
+        for label, values in curves.items():
             if not np.isnan(values).all():
                 axes.plot(epochs, values, label=label)
-        valid = np.array([record.get("valid_elbo") for record in history], dtype=float)
+        valid = curves["validation"]
         if not np.isnan(valid).all():
             best = int(epochs[np.nanargmin(valid)])
             axes.axvline(best, color="gray", linestyle=":", label=f"best valid: epoch {best}")
