@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vae_jax import bounds
-from vae_jax.losses import log_normal_diag
+from vae_jax.losses import log_normal_diag, log_standard_normal
 
 # A linear-Gaussian model: p(z) = N(0, I_2), p(x|z) = N(W z + b, s^2 I_5). Then
 # p(x) = N(b, W W^T + s^2 I), and with orthogonal columns in W the posterior is diagonal:
@@ -30,8 +30,22 @@ def worse_posterior(x):
 
 
 def log_likelihood(x, z):
-    means = z @ W.T + B[None, None]  # [batch, samples, pixels]
-    return log_normal_diag(x[:, None, :], means, jnp.full(means.shape, 2 * np.log(NOISE_STD)))
+    means = z @ W.T + B[None, None]  # [samples, batch, pixels]
+    return log_normal_diag(x[None], means, jnp.full(means.shape, 2 * np.log(NOISE_STD)))
+
+
+def log_weights_with(encode):
+    """log p(x, z) - log q(z|x) of the draws that the noise gives, for the posterior `encode`."""
+
+    def log_weights(x, noise):
+        (eps,) = noise  # [samples, batch, latent]
+        mean, logvar = encode(x)
+        mean, logvar = mean[None], logvar[None]
+        z = mean + eps * jnp.exp(0.5 * logvar)
+        log_joint = log_likelihood(x, z) + log_standard_normal(z)
+        return log_joint - log_normal_diag(z, mean, logvar)
+
+    return log_weights
 
 
 def exact_log_marginal(x):
@@ -57,8 +71,8 @@ def bound(x, encode, num_samples, sample_chunk=None, key=0):
             jax.random.key(key),
             x,
             ids,
-            encode,
-            log_likelihood,
+            log_weights_with(encode),
+            (LATENT,),
             num_samples,
             sample_chunk or num_samples,
         )
@@ -95,7 +109,7 @@ def test_chunking_changes_nothing(data_points):
     # Image batches: each image keeps its draws through its id.
     fn = jax.jit(
         lambda x, ids: bounds.importance_weighted_bound(
-            jax.random.key(0), x, ids, worse_posterior, log_likelihood, 60, 60
+            jax.random.key(0), x, ids, log_weights_with(worse_posterior), (LATENT,), 60, 60
         )
     )
     halves = np.concatenate(

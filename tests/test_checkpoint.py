@@ -97,6 +97,30 @@ def test_sigkill_then_resume_is_identical(idx_dir, tmp_path, uninterrupted):
 
 
 @pytest.mark.slow
+def test_ema_resumes_after_sigkill_to_the_same_numbers(idx_dir, tmp_path):
+    ema = ("--epochs=5", "--ema_decay=0.99")
+    whole = tmp_path / "whole"
+    assert run(idx_dir, whole, *ema).returncode == 0
+    workdir = tmp_path / "w"
+    process = subprocess.Popen(
+        command(idx_dir, workdir, *ema), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_epochs(workdir, 2, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    result = run(idx_dir, workdir, *ema)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from the checkpoint of epoch" in result.stdout
+    # The test losses are those of the average, and params.msgpack is the average: both
+    # would differ if the restored average were not the saved one.
+    assert_same_run(workdir, whole)
+    without = tmp_path / "without"
+    assert run(idx_dir, without, "--epochs=5").returncode == 0
+    assert losses(without)[-1]["test_loss"] != losses(whole)[-1]["test_loss"]
+    assert (without / "params.msgpack").read_bytes() != (whole / "params.msgpack").read_bytes()
+
+
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_resumes(idx_dir, tmp_path, uninterrupted):
     workdir = tmp_path / "w"
     process = subprocess.Popen(

@@ -156,3 +156,26 @@ def test_golden_losses_after_one_and_ten_steps(mnist_idx):
             "its commit; otherwise a change altered training by accident."
         ),
     )
+
+
+def test_ema_follows_its_recurrence_and_leaves_training_alone(images):
+    batch = data.to_unit_interval(images[:64])
+    plain = create_train_state(SMALL, jax.random.key(0), optax.adam(1e-3))
+    averaged = create_train_state(SMALL, jax.random.key(0), optax.adam(1e-3), ema_decay=0.9)
+    expected = jax.tree.map(np.asarray, averaged.params)
+    for step in range(5):
+        plain, _ = train_step(plain, batch, jax.random.key(step))
+        averaged, _ = train_step(averaged, batch, jax.random.key(step))
+        decay = min(0.9, (1 + step + 1) / (10 + step + 1))  # the warm-up, then 0.9
+        expected = jax.tree.map(
+            lambda e, p, d=decay: d * e + (1 - d) * np.asarray(p), expected, averaged.params
+        )
+    # The optimiser's parameters are those of a run without an average ...
+    jax.tree.map(np.testing.assert_array_equal, averaged.params, plain.params)
+    # ... and the average is the recurrence's, which is what a run evaluates.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        averaged.eval_params,
+        expected,
+    )
+    assert plain.eval_params is plain.params

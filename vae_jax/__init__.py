@@ -2,7 +2,8 @@
 
 Where things are.
   The maths (pure functions, importable alone):
-    models.py     Encoder, Decoder, ConvEncoder, ConvDecoder, VAE, reparameterize
+    models.py     VAE, HierarchicalVAE: the model interface; Encoder, Decoder, conv ones
+    priors.py     StandardNormalPrior, VampPrior, MixtureOfGaussiansPrior
     losses.py     per-image likelihoods, KL, ELBO, IWAE bound, free bits
     objective.py  Objective: what a step minimises (static), and its batch loss
     schedules.py  KL-weight schedules;  optim.py: optimisers and learning-rate schedules
@@ -30,8 +31,19 @@ from vae_jax.losses import (
     negative_elbo,
     negative_iwae_bound,
 )
-from vae_jax.models import VAE, ConvDecoder, ConvEncoder, Decoder, Encoder, reparameterize
+from vae_jax.models import (
+    VAE,
+    ConvDecoder,
+    ConvEncoder,
+    Decoder,
+    Encoder,
+    GatedDense,
+    HierarchicalVAE,
+    PosteriorDraw,
+    reparameterize,
+)
 from vae_jax.objective import Objective
+from vae_jax.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vae_jax.schedules import BetaSchedule
 from vae_jax.train import create_train_state, train_epoch, train_step
 from vae_jax.workdir import load_model
@@ -54,6 +66,12 @@ __all__ = [
     "ConvEncoder",
     "Decoder",
     "Encoder",
+    "GatedDense",
+    "HierarchicalVAE",
+    "MixtureOfGaussiansPrior",
+    "PosteriorDraw",
+    "StandardNormalPrior",
+    "VampPrior",
     "InputError",
     "Objective",
     "bernoulli_nll",

@@ -16,6 +16,7 @@ sizes, which only bound memory.
 """
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 
@@ -26,8 +27,7 @@ import tqdm
 from jax.sharding import Mesh, PartitionSpec
 
 from vae_jax import parallel
-from vae_jax.losses import ElboTerms, kl_per_latent, log_importance_weights, negative_elbo
-from vae_jax.models import VAE
+from vae_jax.losses import ElboTerms, kl_per_latent, log_importance_weights
 from vae_jax.objective import Objective
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u|x]) above this is active.
@@ -71,7 +71,7 @@ def _map_images(fn, mesh: Mesh | None, max_chunk: int, images: jax.Array, image_
 
 @functools.partial(jax.jit, static_argnames=("model", "objective", "mesh", "chunk_size"))
 def elbo_terms(
-    model: VAE,
+    model,
     params,
     images: jax.Array,
     key: jax.Array,
@@ -85,9 +85,10 @@ def elbo_terms(
 
     Image i draws its z from `fold_in(key, i)`, so the result does not depend on `mesh`
     or `chunk_size`, which only bounds memory (`chunk_size` images per device at a time).
+    `loss` is -L_1 at beta = 1: these are negated bounds, in nats.
 
     Args:
-      model: the VAE (static: its shape is part of the compiled program).
+      model: the latent-variable model (static: its shape is part of the compiled program).
       params: its parameters (the `params` collection).
       images: [num_images, pixels] in [0, 1].
       key: PRNG key of the z draws; keep it fixed to compare epochs and runs.
@@ -99,10 +100,8 @@ def elbo_terms(
         image_keys = jax.vmap(functools.partial(jax.random.fold_in, key))(image_ids)
 
         def one_image(image, image_key):
-            logits, mean, logvar = model.apply({"params": params}, image, image_key)
-            return negative_elbo(
-                logits, image, mean, logvar, beta, objective.reconstruction, objective.recon_scale
-            )
+            terms, _ = objective.elbo(params, model.apply, image, image_key, beta)
+            return terms
 
         return jax.vmap(one_image)(chunk_images, image_keys)
 
@@ -117,43 +116,43 @@ def importance_weighted_bound(
     key: jax.Array,
     images: jax.Array,
     image_ids: jax.Array,
-    encode_fn: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
-    log_likelihood_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    log_weights_fn: Callable[[jax.Array, tuple[jax.Array, ...]], jax.Array],
+    latent_sizes: tuple[int, ...],
     num_samples: int,
     sample_chunk: int,
 ) -> jax.Array:
-    """L_k per image for a Gaussian q(z|x) and prior N(0, I): [batch].
+    """L_k per image, [batch], for any model whose draws are a function of normal noise.
 
-    Sample j of image i is drawn from `fold_in(fold_in(key, image_ids[i]), j)`, so the
-    result depends neither on how images are batched nor on `sample_chunk`, which only
-    bounds memory: `batch * sample_chunk` decoder rows at a time, accumulated with a
-    running logsumexp.
+    Sample j of image i uses the noise `normal(fold_in(fold_in(key, image_ids[i]), j),
+    [sum(latent_sizes)])`, split by layer, so the result depends neither on how images
+    are batched nor on `sample_chunk`, which only bounds memory: `batch * sample_chunk`
+    draws at a time, accumulated with a running logsumexp.
 
     Args:
       key: PRNG key of the draws.
       images: [batch, pixels].
       image_ids: [batch] int, each image's index in its dataset (fixes its draws).
-      encode_fn: images [batch, pixels] -> (mean, logvar) of q(z|x), each [batch, latent].
-      log_likelihood_fn: (images [batch, pixels], z [batch, s, latent]) -> log p(x|z) [batch, s].
+      log_weights_fn: (images [batch, pixels], noise: one [s, batch, size] per layer)
+        -> log w = log p(x, z) - log q(z|x) of the draws z that the noise gives, [s, batch].
+      latent_sizes: the size of each layer's noise.
       num_samples: k.
-      sample_chunk: samples per decoder call; k need not be a multiple.
+      sample_chunk: samples per call of `log_weights_fn`; k need not be a multiple.
     """
-    mean, logvar = encode_fn(images)
-    mean, logvar = mean[:, None, :], logvar[:, None, :]
     image_keys = jax.vmap(functools.partial(jax.random.fold_in, key))(image_ids)
     num_chunks = -(-num_samples // sample_chunk)
+    boundaries = list(itertools.accumulate(latent_sizes))[:-1]
 
     def draw(image_key, sample_ids):
         keys = jax.vmap(functools.partial(jax.random.fold_in, image_key))(sample_ids)
-        return jax.vmap(lambda k: jax.random.normal(k, mean.shape[-1:], mean.dtype))(keys)
+        return jax.vmap(lambda k: jax.random.normal(k, (sum(latent_sizes),)))(keys)
 
     def add_chunk(log_sum, chunk):
         sample_ids = chunk * sample_chunk + jnp.arange(sample_chunk)
-        eps = jax.vmap(draw, in_axes=(0, None))(image_keys, sample_ids)  # [batch, s, latent]
-        z = mean + eps * jnp.exp(0.5 * logvar)
-        log_weights = log_importance_weights(log_likelihood_fn(images, z), z, mean, logvar)
-        log_weights = jnp.where(sample_ids < num_samples, log_weights, -jnp.inf)
-        return jnp.logaddexp(log_sum, jax.nn.logsumexp(log_weights, axis=-1)), None
+        noise = jax.vmap(draw, in_axes=(0, None), out_axes=1)(image_keys, sample_ids)
+        noise = tuple(jnp.split(noise, boundaries, axis=-1)) if boundaries else (noise,)
+        log_weights = log_weights_fn(images, noise)  # [s, batch]
+        log_weights = jnp.where(sample_ids[:, None] < num_samples, log_weights, -jnp.inf)
+        return jnp.logaddexp(log_sum, jax.nn.logsumexp(log_weights, axis=0)), None
 
     initial = jnp.full(images.shape[:1], -jnp.inf, images.dtype)
     log_sum, _ = jax.lax.scan(add_chunk, initial, jnp.arange(num_chunks))
@@ -172,7 +171,7 @@ def importance_weighted_bound(
     ),
 )
 def vae_importance_weighted_bound(
-    model: VAE,
+    model,
     params,
     images: jax.Array,
     image_ids: jax.Array,
@@ -184,23 +183,27 @@ def vae_importance_weighted_bound(
     mesh: Mesh | None = None,
     images_per_step: int | None = None,
 ) -> jax.Array:
-    """`importance_weighted_bound` of a trained VAE with `objective`'s likelihood: [batch].
+    """`importance_weighted_bound` of a trained model with `objective`'s likelihood: [batch].
 
     With a mesh, the images are split over its devices; each device loops over its
     share `images_per_step` images at a time (None: all at once).
     """
     variables = {"params": params}
 
-    def encode(x):
-        return model.apply(variables, x, method=VAE.encode)
-
-    def log_likelihood(x, z):
-        logits = model.apply(variables, z, method=VAE.decode)
-        return -objective.likelihood_nll(logits, x[:, None, :])
+    def log_weights(x, noise):
+        draw = model.apply(variables, x, noise, method="posterior")
+        recon, log_prior = objective.scores(variables, model.apply, x, draw.z)
+        return log_importance_weights(-recon, log_prior, draw.log_q)
 
     def chunk_bound(chunk_images, chunk_ids):
         return importance_weighted_bound(
-            key, chunk_images, chunk_ids, encode, log_likelihood, num_samples, sample_chunk
+            key,
+            chunk_images,
+            chunk_ids,
+            log_weights,
+            model.latent_sizes,
+            num_samples,
+            sample_chunk,
         )
 
     max_chunk = images_per_step or images.shape[0]
@@ -208,7 +211,7 @@ def vae_importance_weighted_bound(
 
 
 def estimate_bound(
-    model: VAE,
+    model,
     params,
     images: np.ndarray,
     key: jax.Array,

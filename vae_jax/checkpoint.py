@@ -96,12 +96,15 @@ def has_checkpoint(workdir: str) -> bool:
 
 
 def _state_tree(state: train_state.TrainState, train_key: jax.Array) -> dict[str, Any]:
-    return {
+    tree = {
         "step": state.step,
         "params": state.params,
         "opt_state": state.opt_state,
         "train_key": jax.random.key_data(train_key),
     }
+    if getattr(state, "ema_params", None) is not None:  # --ema_decay
+        tree["ema_params"] = state.ema_params
+    return tree
 
 
 def save(
@@ -175,7 +178,5 @@ def restore_latest(
         restored = jax.tree.unflatten(jax.tree.structure(tree), jax.tree.leaves(restored))
     except Exception as e:
         raise InputError(f"cannot read checkpoint {where} ({type(e).__name__}); " + _FIX) from None
-    state = template.replace(
-        step=restored["step"], params=restored["params"], opt_state=restored["opt_state"]
-    )
+    state = template.replace(**{k: v for k, v in restored.items() if k != "train_key"})
     return Restored(state, jax.random.wrap_key_data(restored["train_key"]), int(meta["epoch"]))

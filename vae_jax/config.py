@@ -18,11 +18,22 @@ import optax
 from vae_jax import optim
 from vae_jax.errors import InputError
 from vae_jax.losses import DEFAULT_SCALE, RECONSTRUCTIONS
-from vae_jax.models import VAE, conv_image_side
+from vae_jax.models import (
+    VAE,
+    ConvDecoder,
+    ConvEncoder,
+    GatedDense,
+    HierarchicalVAE,
+    ReluDense,
+    conv_image_side,
+)
 from vae_jax.objective import BOUNDS, GRADIENT_ESTIMATORS, Objective
+from vae_jax.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vae_jax.schedules import SCHEDULES, beta_schedule
 
 ARCHITECTURES = ("mlp", "conv")
+PRIORS = ("standard", "vamp", "mog")
+HIDDEN_LAYERS = {"relu": ReluDense, "gated": GatedDense}
 BINARIZATIONS = ("none", "dynamic")
 NAN_POLICIES = ("stop", "skip_batch")
 DTYPES = ("float32", "bfloat16")
@@ -63,8 +74,31 @@ def _field(default, help: str, **metadata):
 class Config:
     """A run's settings; `validate()` checks them before any work starts."""
 
+    def __post_init__(self):
+        if isinstance(self.latent, int):  # Config(latent=64), and config.json before 2026-12
+            object.__setattr__(self, "latent", (self.latent,))
+
     # Model.
-    latent: int = _field(64, "Dimension of the latent z.")
+    latent: tuple[int, ...] = _field(
+        (64,),
+        "Size of each stochastic layer, from the data up: 64 is one layer (the reference); "
+        "40,40 a two-layer hierarchy (the VampPrior paper's HVAE, mlp only).",
+    )
+    prior: str = _field(
+        "standard",
+        "p(z) of the top layer: standard (N(0, I)); vamp (the VampPrior of Tomczak & "
+        "Welling 2018, a mixture of the posteriors of --num_pseudo_inputs learned "
+        "pseudo-inputs); mog (a learned mixture of --num_components Gaussians).",
+        choices=PRIORS,
+    )
+    num_pseudo_inputs: int = _field(500, "Pseudo-inputs of --prior=vamp.")
+    num_components: int = _field(10, "Components of --prior=mog.")
+    activation: str = _field(
+        "relu",
+        "Hidden layers of the mlp: relu, or gated (h = (W x + b) * sigmoid(V x + c), as in "
+        "the VampPrior paper).",
+        choices=tuple(HIDDEN_LAYERS),
+    )
     hidden_sizes: tuple[int, ...] = _field(
         (512, 256), "Encoder widths, comma-separated; the decoder mirrors them (mlp)."
     )
@@ -127,6 +161,12 @@ class Config:
     weight_decay: float = _field(1e-4, "Decoupled weight decay of --optimizer=adamw.")
     grad_clip: float = _field(
         0.0, "Clip the gradient's global norm to this before the update; 0 is off."
+    )
+    ema_decay: float = _field(
+        0.0,
+        "Keep an exponential moving average of the parameters with this decay (e.g. "
+        "0.999); the validation ELBO, the saved parameters, pictures and evaluation use "
+        "it. 0 is off.",
     )
     seed: int = _field(0, "Seed of every random draw: same flags, same numbers.")
     # Data.
@@ -199,7 +239,27 @@ class Config:
     def validate(self) -> "Config":
         """Raises InputError naming the first invalid setting; returns self."""
         checks = [
-            (self.latent >= 1, f"--latent must be at least 1, got {self.latent}"),
+            (
+                len(self.latent) >= 1 and all(size >= 1 for size in self.latent),
+                f"--latent must be one or more sizes of at least 1, got "
+                f"{','.join(map(str, self.latent))}",
+            ),
+            (
+                len(self.latent) == 1 or self.architecture == "mlp",
+                "several stochastic layers (--latent=a,b) need --architecture=mlp",
+            ),
+            (
+                self.num_pseudo_inputs >= 1,
+                f"--num_pseudo_inputs must be at least 1, got {self.num_pseudo_inputs}",
+            ),
+            (
+                self.num_components >= 1,
+                f"--num_components must be at least 1, got {self.num_components}",
+            ),
+            (
+                0 <= self.ema_decay < 1,
+                f"--ema_decay must be in [0, 1) (0 is off), got {self.ema_decay}",
+            ),
             (
                 len(self.hidden_sizes) >= 1 and all(w >= 1 for w in self.hidden_sizes),
                 f"--hidden_sizes must be one or more positive widths, got {self.hidden_sizes}",
@@ -225,6 +285,10 @@ class Config:
             (
                 self.free_bits == 0 or self.objective == "elbo",
                 "--free_bits works with --objective=elbo only",
+            ),
+            (
+                self.free_bits == 0 or (self.prior == "standard" and len(self.latent) == 1),
+                "--free_bits needs the closed-form KL: one layer and --prior=standard",
             ),
             (
                 len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
@@ -280,8 +344,8 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
-    def build_model(self, image_shape: tuple[int, ...]) -> VAE:
-        """The VAE these settings describe, for images of `image_shape`."""
+    def build_model(self, image_shape: tuple[int, ...]) -> VAE | HierarchicalVAE:
+        """The model these settings describe, for images of `image_shape`."""
         image_size = int(np.prod(image_shape))
         if self.architecture == "conv":
             try:
@@ -293,14 +357,24 @@ class Config:
                     f"one-channel images whose side divides by {2**num_layers}, got "
                     f"{tuple(image_shape)}; use --architecture=mlp or fewer --conv_channels"
                 ) from None
-        return VAE(
-            self.latent,
-            self.hidden_sizes,
-            image_size,
-            jnp.dtype(self.dtype),
-            self.architecture,
-            self.conv_channels,
-        )
+        top = self.latent[-1]
+        prior = {
+            "standard": lambda: StandardNormalPrior(top),
+            "vamp": lambda: VampPrior(self.num_pseudo_inputs, image_size),
+            "mog": lambda: MixtureOfGaussiansPrior(top, self.num_components),
+        }[self.prior]()
+        dtype, hidden_layer = jnp.dtype(self.dtype), HIDDEN_LAYERS[self.activation]
+        if len(self.latent) > 1:
+            return HierarchicalVAE(
+                self.latent, self.hidden_sizes, image_size, dtype, hidden_layer, prior=prior
+            )
+        modules = {}
+        if self.architecture == "conv":
+            modules = dict(
+                encoder=ConvEncoder(top, image_size, self.conv_channels, dtype),
+                decoder=ConvDecoder(image_size, self.conv_channels, dtype),
+            )
+        return VAE(top, self.hidden_sizes, image_size, dtype, hidden_layer, prior=prior, **modules)
 
     def build_objective(self, steps_per_epoch: int) -> Objective:
         """The training objective, with the beta schedule converted to steps."""
@@ -348,8 +422,8 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     if unknown:
         raise InputError(f"unknown settings {unknown}; known ones are {sorted(names)}")
     values = dict(values)
-    for name in ("hidden_sizes", "conv_channels"):
-        if name in values:
+    for name in ("latent", "hidden_sizes", "conv_channels"):
+        if isinstance(values.get(name), list):
             values[name] = tuple(values[name])
     return Config(**values)
 

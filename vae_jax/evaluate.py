@@ -22,7 +22,7 @@ from absl import logging as absl_logging
 
 from vae_jax import bounds, data, parallel, plots, workdir
 from vae_jax.errors import InputError
-from vae_jax.models import VAE, posterior
+from vae_jax.models import posterior_gaussians, with_dtype
 from vae_jax.objective import Objective
 from vae_jax.train import run_keys
 
@@ -32,7 +32,7 @@ PARAMS_FILES = {"final": workdir.PARAMS_FILE, "best": workdir.BEST_PARAMS_FILE}
 
 
 def evaluate_run(
-    model: VAE,
+    model,
     params,
     test_images: np.ndarray,
     key: jax.Array,
@@ -44,10 +44,11 @@ def evaluate_run(
 ) -> dict:
     """Bounds -L_k for each k, the NLL estimate (largest k), the gap and diagnostics.
 
-    The model is scored in float32 (`model.clone(dtype=jnp.float32)`), with
-    `objective`'s likelihood. `mesh`: split the images over its devices.
+    The model is scored in float32 (`models.with_dtype`), with `objective`'s
+    likelihood. `mesh`: split the images over its devices. The diagnostics are those of
+    the posterior means, layer by layer from the data up (`layers`), and concatenated.
     """
-    model = model.clone(dtype=jnp.float32)
+    model = with_dtype(model, jnp.float32)
     if mesh is not None:
         params = parallel.put_replicated(params, mesh)
     results: dict = {"num_images": len(test_images), "bounds": {}}
@@ -75,11 +76,25 @@ def evaluate_run(
     results["nll_num_samples"] = int(largest)
     if "1" in results["bounds"]:
         results["elbo_nll_gap"] = results["bounds"]["1"]["neg_bound"] - results["nll"]
-    mean, logvar = jax.device_get(posterior(model, params, jnp.asarray(test_images)))
-    results["kl_per_dim"] = [float(v) for v in bounds.kl_per_dimension(mean, logvar)]
-    results["unit_activity"] = [float(v) for v in bounds.unit_activity(mean)]
-    results["active_units"] = bounds.active_units(mean)
-    results["latent"] = model.latent
+    gaussians = jax.device_get(posterior_gaussians(model, params, jnp.asarray(test_images)))
+    results["layers"] = [
+        {
+            "latent": int(mean.shape[-1]),
+            "active_units": bounds.active_units(mean),
+            "unit_activity": [float(v) for v in bounds.unit_activity(mean)],
+            # KL to N(0, 1) per dimension: the KL to the prior for the standard prior only.
+            "kl_to_standard_normal_per_dim": [
+                float(v) for v in bounds.kl_per_dimension(mean, logvar)
+            ],
+        }
+        for mean, logvar in gaussians
+    ]
+    results["unit_activity"] = sum((layer["unit_activity"] for layer in results["layers"]), [])
+    results["kl_per_dim"] = sum(
+        (layer["kl_to_standard_normal_per_dim"] for layer in results["layers"]), []
+    )
+    results["active_units"] = sum(layer["active_units"] for layer in results["layers"])
+    results["latent"] = sum(model.latent_sizes)
     return results
 
 
@@ -119,7 +134,7 @@ def write_pictures(
     plots.save_latent_scatter(
         model, params, test_images[:5000], test_labels[:5000], path("latent_scatter.png")
     )
-    if model.latent == 2:
+    if tuple(model.latent_sizes) == (2,):
         plots.save_manifold(model, params, image_shape, path("manifold.png"))
         written.append("manifold.png")
     if history:
@@ -146,6 +161,10 @@ def format_table(results: dict, protocol: dict) -> str:
     if "elbo_nll_gap" in results:
         lines.append(f"  {'ELBO - NLL gap':<16} {results['elbo_nll_gap']:9.3f}")
     lines.append(f"  {'active units':<16} {results['active_units']:>5} / {results['latent']}")
+    if len(results["layers"]) > 1:
+        for number, layer in enumerate(results["layers"], 1):
+            name = f"  of layer z_{number}"
+            lines.append(f"  {name:<16} {layer['active_units']:>5} / {layer['latent']}")
     return "\n".join(lines)
 
 
@@ -240,7 +259,7 @@ def evaluate_workdir(
         )
     history = workdir.read_metrics(os.path.join(folder, workdir.METRICS_FILE))
     results["pictures"] = write_pictures(
-        model.clone(dtype=jnp.float32),
+        with_dtype(model, jnp.float32),
         params,
         test_images,
         test_labels,

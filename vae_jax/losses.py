@@ -178,51 +178,45 @@ def log_standard_normal(z: jax.Array) -> jax.Array:
 
 def log_importance_weights(
     log_likelihood: jax.Array,
-    z: jax.Array,
-    mean: jax.Array,
-    logvar: jax.Array,
+    log_prior: jax.Array,
+    log_posterior: jax.Array,
     beta: float | jax.Array = 1.0,
 ) -> jax.Array:
-    """log w = log p(x|z) + beta * (log p(z) - log q(z|x)) for draws z ~ q = N(mean, exp(logvar)).
+    """log w = log p(x|z) + beta * (log p(z) - log q(z|x)), elementwise over draws: [...].
 
-    log_likelihood: [...], log p(x|z) of each draw; z: [..., latent]; mean and logvar
-    broadcast against z. Returns [...]. beta = 1 gives the weights of the bound L_k.
+    beta = 1 gives the weights of the bound L_k; other values weigh the prior and
+    posterior terms as in a beta-VAE.
     """
-    return log_likelihood + beta * (log_standard_normal(z) - log_normal_diag(z, mean, logvar))
+    return log_likelihood + beta * (log_prior - log_posterior)
 
 
 def negative_iwae_bound(
-    logits: jax.Array,
-    images: jax.Array,
-    z: jax.Array,
-    mean: jax.Array,
-    logvar: jax.Array,
+    recon: jax.Array,
+    log_prior: jax.Array,
+    log_posterior: jax.Array,
     beta: float | jax.Array = 1.0,
-    reconstruction: str = "bernoulli",
-    scale: float = DEFAULT_SCALE,
+    kl: jax.Array | None = None,
 ) -> ElboTerms:
     """-L_k, the importance-weighted bound of Burda et al. (2016), per image, with its terms.
 
     L_k = log (1/k) sum_i w_i, with log w_i = log p(x|z_i) + beta * (log p(z_i) - log q(z_i|x))
     for k draws z_i ~ q(z|x); computed with logsumexp, so it is finite whatever the
     weights. L_1 is the one-sample ELBO (with a Monte Carlo KL), and L_k rises towards
-    log p(x) with k. beta = 1 gives the bound; other values weigh the prior and posterior
-    terms as in a beta-VAE.
+    log p(x) with k.
 
     Args:
-      logits: [k, batch, pixels], the decoder's output for each z_i.
-      images: [batch, pixels].
-      z: [k, batch, latent], the draws from q(z|x) = N(mean, exp(logvar)).
-      mean, logvar: [batch, latent].
+      recon: [k, batch], -log p(x|z_i) of each draw.
+      log_prior: [k, batch], log p(z_i).
+      log_posterior: [k, batch], log q(z_i|x).
+      kl: [batch], the KL to log (a closed form); None: the draws' mean of log q - log p.
 
     Returns:
       ElboTerms, each [batch]: loss = -L_k, recon = the mean over draws of -log p(x|z_i),
-      kl = the closed-form KL (for logging; the bound uses the sampled log-densities).
+      kl as above (for logging: the bound uses the sampled log-densities).
     """
-    recon = reconstruction_nll(logits, images[None], reconstruction, scale)  # [k, batch]
-    log_weights = log_importance_weights(-recon, z, mean[None], logvar[None], beta)
+    log_weights = log_importance_weights(-recon, log_prior, log_posterior, beta)
     num_samples = log_weights.shape[0]
     bound = jax.nn.logsumexp(log_weights, axis=0) - jnp.log(num_samples)
-    return ElboTerms(
-        loss=-bound, recon=jnp.mean(recon, axis=0), kl=kl_to_standard_normal(mean, logvar)
-    )
+    if kl is None:
+        kl = jnp.mean(log_posterior - log_prior, axis=0)
+    return ElboTerms(loss=-bound, recon=jnp.mean(recon, axis=0), kl=kl)

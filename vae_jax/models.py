@@ -1,18 +1,38 @@
-"""The VAE: an MLP encoder to a diagonal Gaussian q(z|x), an MLP decoder to pixel logits.
+"""Latent-variable models: MLP and conv encoders and decoders, priors joined into a VAE.
 
-With `latent=64` and `hidden_sizes=(512, 256)` this is exactly the reference network
-(784-512-256-128 encoder, 64-256-512-784 decoder). The decoder returns logits, not
-probabilities: losses are computed from logits so they stay finite, and the sigmoid is
-applied only to draw pictures.
+With `latent=64` and `hidden_sizes=(512, 256)`, `VAE` is exactly the reference network
+(784-512-256-128 encoder, 64-256-512-784 decoder, prior N(0, I)). The decoder returns
+logits, not probabilities: losses are computed from logits so they stay finite, and the
+sigmoid is applied only to draw pictures.
+
+Every model here (`VAE`, `HierarchicalVAE`, or your own) provides the same methods, and
+the objectives, bounds, pictures and sweeps use only these:
+
+    latent_sizes                      one size per stochastic layer, from the data up
+    posterior(x, noise)               reparameterized draws z of q(z|x) from standard
+                                      normal `noise`, with log q(z|x): a PosteriorDraw
+    log_posterior(x, z)               log q(z|x) of given draws, [...]
+    sample_posterior(x, key, k=None)  the same, with the noise drawn from `key`
+    log_prior(z)                      log p(z), [...]
+    decode(z)                         the decoder's output for p(x|z) (logits), [..., pixels]
+    sample_prior(key, num_samples)    z ~ p(z), one [num_samples, size] per layer
+    analytic_kl(draw)                 KL(q(z|x) || p(z)) in closed form [batch], or None
+
+z is a tuple with one array per layer, each [*sample_shape, batch, size]; x is
+[batch, pixels] and broadcasts over the sample axes, which lead.
 """
 
+import itertools
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vae_jax.losses import log_normal_diag
+from vae_jax.priors import StandardNormalPrior
 
 
 def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -33,18 +53,76 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
     return mean + eps * jnp.exp(0.5 * logvar)
 
 
+def draw_noise(
+    key: jax.Array, latent_sizes: Sequence[int], shape: tuple[int, ...]
+) -> tuple[jax.Array, ...]:
+    """Standard normal noise for every layer: one [*shape, size] array per layer.
+
+    One draw of [*shape, sum(latent_sizes)] split by layer, so a one-layer model's noise
+    is `jax.random.normal(key, (*shape, latent))`, the draw of `reparameterize`.
+    """
+    noise = jax.random.normal(key, (*shape, sum(latent_sizes)))
+    if len(latent_sizes) == 1:
+        return (noise,)
+    return tuple(jnp.split(noise, list(itertools.accumulate(latent_sizes))[:-1], axis=-1))
+
+
+class PosteriorDraw(NamedTuple):
+    """Draws from q(z|x) and what the objectives need of them."""
+
+    z: tuple[jax.Array, ...]  # one [*sample_shape, batch, size] per layer, from the data up
+    log_q: jax.Array  # [*sample_shape, batch], log q(z|x) of the draws, summed over layers
+    # Each layer's (mean, logvar) of q: [batch, size] where they do not depend on the
+    # draws (a one-layer model's, a hierarchy's top), else [*sample_shape, batch, size].
+    gaussians: tuple[tuple[jax.Array, jax.Array], ...]
+
+
+# --- Layers --------------------------------------------------------------------------
+
+
+class ReluDense(nn.Dense):
+    """relu(Dense(x)): the reference network's hidden layer."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.relu(super().__call__(x))
+
+
+class GatedDense(nn.Module):
+    """A gated hidden layer, h = (W x + b) * sigmoid(V x + c) (Dauphin et al. 2017).
+
+    The hidden layer of the VampPrior paper's MLPs (Tomczak & Welling 2018).
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        value = nn.Dense(self.features, dtype=self.dtype, name="value")(x)
+        gate = nn.Dense(self.features, dtype=self.dtype, name="gate")(x)
+        return value * nn.sigmoid(gate)
+
+
+HiddenLayer = Callable[..., nn.Module]  # (features, dtype=, name=) -> a layer module
+
+
 class Encoder(nn.Module):
-    """x [batch, image_size] in [0, 1] -> (mean, logvar), each [batch, latent]."""
+    """An MLP to a diagonal Gaussian: x [..., inputs] -> (mean, logvar), each [..., latent].
+
+    The encoder q(z|x) of the reference network; the hierarchical model also uses it for
+    q(z_l | x, z_{l+1}) and p(z_l | z_{l+1}).
+    """
 
     latent: int
     hidden_sizes: Sequence[int] = (512, 256)
     dtype: Any = jnp.float32  # of the hidden matmuls; the head, parameters and outputs are float32
+    hidden_layer: HiddenLayer = ReluDense
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = x
         for i, width in enumerate(self.hidden_sizes):
-            h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(h))
+            h = self.hidden_layer(width, dtype=self.dtype, name=f"fc{i + 1}")(h)
         # One layer for both heads, split in two: the reference's 256 -> 2*latent layer.
         # Log-variance rather than std keeps the head unconstrained and the KL exact.
         # The head is float32 whatever `dtype`: exp(logvar) and the KL magnify its errors.
@@ -54,17 +132,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z [batch, latent] -> Bernoulli logits [batch, image_size]."""
+    """z [..., latent] -> Bernoulli logits [..., image_size]."""
 
     image_size: int = 784
     hidden_sizes: Sequence[int] = (256, 512)
     dtype: Any = jnp.float32  # of the hidden matmuls; the head, parameters and logits are float32
+    hidden_layer: HiddenLayer = ReluDense
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         h = z
         for i, width in enumerate(self.hidden_sizes):
-            h = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(h))
+            h = self.hidden_layer(width, dtype=self.dtype, name=f"fc{i + 1}")(h)
         # float32 logits: bfloat16 keeps 8 bits, too few for a likelihood summed over pixels.
         return nn.Dense(self.image_size, dtype=jnp.float32, name="fc_logits")(h)
 
@@ -110,7 +189,7 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """z [batch, latent] -> logits [batch, side*side]: the ConvEncoder in mirror image.
+    """z [..., latent] -> logits [..., side*side]: the ConvEncoder in mirror image.
 
     A dense layer to (side / 2^n) x (side / 2^n) x channels[-1] for n = len(channels),
     then n transposed convs (3x3, stride 2) through channels[-2], ..., channels[0] to
@@ -142,39 +221,75 @@ class ConvDecoder(nn.Module):
         return h.reshape(*z.shape[:-1], self.image_size)
 
 
-class VAE(nn.Module):
-    """Encoder and decoder joined by the reparameterization trick.
+# --- Models --------------------------------------------------------------------------
+
+
+class SamplesPosterior:
+    """`sample_posterior` for a model with `latent_sizes` and `posterior` (a mixin)."""
+
+    def sample_posterior(
+        self, x: jax.Array, key: jax.Array, num_samples: int | None = None
+    ) -> PosteriorDraw:
+        """Draws z ~ q(z|x) from `key`: one per image, or `num_samples` ([k, batch, ...])."""
+        shape = x.shape[:-1] if num_samples is None else (num_samples, *x.shape[:-1])
+        return self.posterior(x, draw_noise(key, self.latent_sizes, shape))
+
+
+def _adopt(module: nn.Module, field: str, default: Callable[[], nn.Module]) -> None:
+    """Fills an unset submodule field of a frozen Flax module with its default."""
+    if getattr(module, field) is None:
+        # Unbound (parent=None) so the model adopts it under the field's name, wherever
+        # the model itself is built.
+        object.__setattr__(module, field, default().clone(parent=None))
+
+
+def _broadcast(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """x [..., n] broadcast to [*shape[:-1], n], the sample axes leading."""
+    return jnp.broadcast_to(x, (*shape[:-1], x.shape[-1]))
+
+
+class VAE(SamplesPosterior, nn.Module):
+    """One stochastic layer: q(z|x) from `encoder`, p(z) = `prior`, p(x|z) from `decoder`.
+
+    Each piece is any Flax module (see the module docstring for what they return); left
+    as None, it is the reference network's: the MLP `Encoder` and `Decoder` with
+    `hidden_sizes` (mirrored for the decoder) and `StandardNormalPrior`.
 
     Attributes:
       latent: dimension of z.
-      hidden_sizes: encoder widths; the decoder mirrors them in reverse order.
+      hidden_sizes: encoder widths of the built-in MLPs; the decoder mirrors them.
       image_size: number of pixels per flattened image (784 for 28x28x1).
-      dtype: dtype of the hidden layers' matrix multiplies (jnp.bfloat16 for speed on
-        GPU/TPU). The heads (mean, logvar, logits) and the parameters are float32
-        whatever it is.
-      architecture: "mlp" (the reference network) or "conv" (`ConvEncoder` and
-        `ConvDecoder`, for square one-channel images).
-      conv_channels: the conv architecture's channels, first layer first.
+      dtype: dtype of the built-in MLPs' hidden matrix multiplies (jnp.bfloat16 for speed
+        on GPU/TPU). The heads (mean, logvar, logits) and the parameters are float32.
+      hidden_layer: the built-in MLPs' hidden layer, `ReluDense` or `GatedDense`.
+      encoder: x [batch, pixels] -> (mean, logvar) [batch, latent] of q(z|x).
+      decoder: z [..., latent] -> the output that the likelihood scores, [..., pixels].
+      prior: a prior module (`vae_jax.priors`).
     """
 
     latent: int = 64
     hidden_sizes: Sequence[int] = (512, 256)
     image_size: int = 784
     dtype: Any = jnp.float32
-    architecture: str = "mlp"
-    conv_channels: Sequence[int] = (32, 64)
+    hidden_layer: HiddenLayer = ReluDense
+    encoder: nn.Module | None = None
+    decoder: nn.Module | None = None
+    prior: nn.Module | None = None
 
-    def setup(self):
+    def __post_init__(self):
         widths = tuple(self.hidden_sizes)
-        if self.architecture == "conv":
-            channels = tuple(self.conv_channels)
-            self.encoder = ConvEncoder(self.latent, self.image_size, channels, self.dtype)
-            self.decoder = ConvDecoder(self.image_size, channels, self.dtype)
-        elif self.architecture == "mlp":
-            self.encoder = Encoder(self.latent, widths, self.dtype)
-            self.decoder = Decoder(self.image_size, tuple(reversed(widths)), self.dtype)
-        else:
-            raise ValueError(f"unknown architecture {self.architecture!r}; expected mlp or conv")
+        _adopt(self, "encoder", lambda: Encoder(self.latent, widths, self.dtype, self.hidden_layer))
+        _adopt(
+            self,
+            "decoder",
+            lambda: Decoder(self.image_size, widths[::-1], self.dtype, self.hidden_layer),
+        )
+        _adopt(self, "prior", lambda: StandardNormalPrior(self.latent))
+        super().__post_init__()
+
+    @property
+    def latent_sizes(self) -> tuple[int, ...]:
+        return (self.latent,)
 
     def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x [batch, image_size] -> (logits [batch, image_size], mean, logvar [batch, latent]).
@@ -185,46 +300,182 @@ class VAE(nn.Module):
         z = reparameterize(key, mean, logvar)
         return self.decoder(z), mean, logvar
 
-    def decode_samples(self, x: jax.Array, key: jax.Array, num_samples: int):
-        """k draws of z per image and their logits, for importance-weighted bounds.
-
-        x [batch, image_size] -> (logits [k, batch, image_size], z [k, batch, latent],
-        mean, logvar [batch, latent]).
-        """
-        mean, logvar = self.encoder(x)
-        shape = (num_samples, *mean.shape)
-        z = reparameterize(key, jnp.broadcast_to(mean, shape), jnp.broadcast_to(logvar, shape))
-        return self.decoder(z), z, mean, logvar
-
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x [batch, image_size] -> (mean, logvar), each [batch, latent]."""
         return self.encoder(x)
 
-    def decode(self, z: jax.Array) -> jax.Array:
-        """z [batch, latent] -> logits [batch, image_size]."""
-        return self.decoder(z)
+    def posterior(self, x: jax.Array, noise: tuple[jax.Array]) -> PosteriorDraw:
+        (eps,) = noise
+        mean, logvar = self.encoder(x)
+        wide_mean, wide_logvar = _broadcast(mean, eps.shape), _broadcast(logvar, eps.shape)
+        z = wide_mean + eps * jnp.exp(0.5 * wide_logvar)
+        log_q = log_normal_diag(z, wide_mean, wide_logvar)
+        return PosteriorDraw((z,), log_q, ((mean, logvar),))
+
+    def log_posterior(self, x: jax.Array, z: tuple[jax.Array]) -> jax.Array:
+        mean, logvar = self.encoder(x)
+        return log_normal_diag(z[0], _broadcast(mean, z[0].shape), _broadcast(logvar, z[0].shape))
+
+    def log_prior(self, z: tuple[jax.Array]) -> jax.Array:
+        return self.prior.log_prob(z[0], self.encoder)
+
+    def decode(self, z: jax.Array | tuple[jax.Array]) -> jax.Array:
+        """z [..., latent] (or a one-tuple of it) -> logits [..., image_size]."""
+        return self.decoder(z[0] if isinstance(z, tuple) else z)
+
+    def sample_prior(self, key: jax.Array, num_samples: int) -> tuple[jax.Array]:
+        return (self.prior.sample(key, num_samples, self.encoder),)
+
+    def analytic_kl(self, draw: PosteriorDraw) -> jax.Array | None:
+        kl = getattr(self.prior, "kl_from_gaussian", None)
+        return None if kl is None else kl(*draw.gaussians[0])
 
 
-def posterior(model: VAE, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """q(z|x) of each image: [batch, image_size] -> (mean, logvar), each [batch, latent]."""
-    return model.apply({"params": params}, images, method=VAE.encode)
+class HierarchicalVAE(SamplesPosterior, nn.Module):
+    """L stochastic layers z_1 (next to the data) .. z_L, after the VampPrior paper's HVAE.
+
+    Generative model, top-down: p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1..z_L).
+    Inference, also top-down: q(z_L | x) q(z_{L-1} | x, z_L) ... q(z_1 | x, z_2).
+
+    This is the structure of Tomczak & Welling (2018, section 3.3), whose two-layer
+    model with a VampPrior is the best MLP result we compare with (81.56 nats). Inferring
+    from the top lets each lower posterior see the layer above, as the generative model
+    does, so q can match p's dependencies; Burda et al.'s bottom-up chain q(z_2 | z_1)
+    cannot. The decoder sees every layer, so the top layer does not have to squeeze
+    through z_1 to reach the pixels. The Ladder VAE's shared top-down pass would add
+    parameters sharing between p and q; the VampPrior paper reached a lower NLL without it.
+
+    Every Gaussian is diagonal, each an MLP `Encoder` with `hidden_sizes`; the decoder
+    is an MLP with the widths mirrored, from the concatenated layers.
+
+    Attributes:
+      latent: sizes of z_1 .. z_L, from the data up, e.g. (40, 40).
+      prior: a prior module over z_L; its encoder is q(z_L | x). None: N(0, I).
+    """
+
+    latent: Sequence[int] = (40, 40)
+    hidden_sizes: Sequence[int] = (300, 300)
+    image_size: int = 784
+    dtype: Any = jnp.float32
+    hidden_layer: HiddenLayer = ReluDense
+    prior: nn.Module | None = None
+
+    def __post_init__(self):
+        _adopt(self, "prior", lambda: StandardNormalPrior(self.latent[-1]))
+        super().__post_init__()
+
+    def setup(self):
+        widths, sizes = tuple(self.hidden_sizes), tuple(self.latent)
+
+        def mlp(size):
+            return Encoder(size, widths, self.dtype, self.hidden_layer)
+
+        # encoders[l] is q(z_{l+1} | x, z_{l+2}), and q(z_L | x) for the last.
+        self.encoders = [mlp(size) for size in sizes]
+        # conditional_priors[l] is p(z_{l+1} | z_{l+2}).
+        self.conditional_priors = [mlp(size) for size in sizes[:-1]]
+        self.decoder = Decoder(self.image_size, widths[::-1], self.dtype, self.hidden_layer)
+
+    @property
+    def latent_sizes(self) -> tuple[int, ...]:
+        return tuple(self.latent)
+
+    def _q(self, layer: int, x: jax.Array, z_above: jax.Array | None):
+        """(mean, logvar) of q(z_layer | x, z_above); z_above is None for the top layer."""
+        if z_above is None:
+            return self.encoders[layer](x)
+        inputs = jnp.concatenate([_broadcast(x, z_above.shape[:-1] + x.shape[-1:]), z_above], -1)
+        return self.encoders[layer](inputs)
+
+    def posterior(self, x: jax.Array, noise: tuple[jax.Array, ...]) -> PosteriorDraw:
+        z, gaussians, log_q = [None] * len(noise), [None] * len(noise), 0.0
+        for layer in reversed(range(len(noise))):
+            above = z[layer + 1] if layer + 1 < len(noise) else None
+            gaussians[layer] = self._q(layer, x, above)
+            mean, logvar = (_broadcast(v, noise[layer].shape) for v in gaussians[layer])
+            z[layer] = mean + noise[layer] * jnp.exp(0.5 * logvar)
+            log_q = log_q + log_normal_diag(z[layer], mean, logvar)
+        return PosteriorDraw(tuple(z), log_q, tuple(gaussians))
+
+    def log_posterior(self, x: jax.Array, z: tuple[jax.Array, ...]) -> jax.Array:
+        log_q = 0.0
+        for layer in range(len(z)):
+            above = z[layer + 1] if layer + 1 < len(z) else None
+            mean, logvar = (_broadcast(v, z[layer].shape) for v in self._q(layer, x, above))
+            log_q = log_q + log_normal_diag(z[layer], mean, logvar)
+        return log_q
+
+    def log_prior(self, z: tuple[jax.Array, ...]) -> jax.Array:
+        log_p = self.prior.log_prob(z[-1], self.encoders[-1])
+        for layer, conditional in enumerate(self.conditional_priors):
+            log_p = log_p + log_normal_diag(z[layer], *conditional(z[layer + 1]))
+        return log_p
+
+    def decode(self, z: jax.Array | tuple[jax.Array, ...]) -> jax.Array:
+        """z, one array per layer or all layers concatenated [..., sum(latent)] -> logits."""
+        return self.decoder(jnp.concatenate(z, axis=-1) if isinstance(z, tuple) else z)
+
+    def sample_prior(self, key: jax.Array, num_samples: int) -> tuple[jax.Array, ...]:
+        keys = jax.random.split(key, len(self.latent))
+        z = [None] * len(self.latent)
+        z[-1] = self.prior.sample(keys[-1], num_samples, self.encoders[-1])
+        for layer in reversed(range(len(self.conditional_priors))):
+            z[layer] = reparameterize(keys[layer], *self.conditional_priors[layer](z[layer + 1]))
+        return tuple(z)
+
+    def analytic_kl(self, draw: PosteriorDraw) -> None:
+        return None  # KL(q(z_1|x,z_2) || p(z_1|z_2)) depends on the draw: Monte Carlo.
 
 
-def decode_probabilities(model: VAE, params, z: jax.Array) -> jax.Array:
-    """Pixel probabilities sigmoid(decode(z)): [batch, latent] -> [batch, image_size]."""
-    return jax.nn.sigmoid(model.apply({"params": params}, z, method=VAE.decode))
+def with_dtype(model: nn.Module, dtype) -> nn.Module:
+    """A copy of `model` whose matmuls, and those of its submodule fields, run in `dtype`.
+
+    For scoring in float32 a model trained with bfloat16 matmuls.
+    """
+    changes = {
+        field: getattr(model, field).clone(dtype=dtype)
+        for field in ("encoder", "decoder", "prior")
+        if isinstance(getattr(model, field, None), nn.Module)
+        and hasattr(getattr(model, field), "dtype")
+    }
+    return model.clone(dtype=dtype, **changes)
 
 
-def sample_images(model: VAE, params, key: jax.Array, num_images: int) -> jax.Array:
-    """Draws z ~ N(0, I) -> pixel probabilities sigmoid(decode(z)), [num_images, image_size].
+def posterior_gaussians(model, params, images: jax.Array):
+    """Each layer's (mean, logvar) of q(z|x), from the data up, each [batch, size].
+
+    For a hierarchy, the lower layers' along the path of posterior means (each layer
+    conditioned on the mean of the one above).
+    """
+    zeros = tuple(jnp.zeros((*images.shape[:-1], size)) for size in model.latent_sizes)
+    return model.apply({"params": params}, images, zeros, method="posterior").gaussians
+
+
+def posterior(model, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """q(z|x) of each image: [batch, pixels] -> (mean, logvar), each [batch, sum(latent_sizes)].
+
+    Every layer's, concatenated from the data up (see `posterior_gaussians`): what
+    `decode` takes as a flat z.
+    """
+    gaussians = posterior_gaussians(model, params, images)
+    return tuple(jnp.concatenate(parts, axis=-1) for parts in zip(*gaussians, strict=True))
+
+
+def decode_probabilities(model, params, z) -> jax.Array:
+    """Pixel probabilities sigmoid(decode(z)): z [batch, latent] or a tuple of layers."""
+    return jax.nn.sigmoid(model.apply({"params": params}, z, method="decode"))
+
+
+def sample_images(model, params, key: jax.Array, num_images: int) -> jax.Array:
+    """Draws z ~ p(z), the model's prior -> probabilities sigmoid(decode(z)), [num_images, pixels].
 
     `params` is the model's `params` collection.
     """
-    z = jax.random.normal(key, (num_images, model.latent))
+    z = model.apply({"params": params}, key, num_images, method="sample_prior")
     return decode_probabilities(model, params, z)
 
 
-def reconstruct_images(model: VAE, params, images: jax.Array) -> jax.Array:
-    """Decodes each image's posterior mean: [batch, image_size] -> probabilities, same shape."""
+def reconstruct_images(model, params, images: jax.Array) -> jax.Array:
+    """Decodes each image's posterior means: [batch, image_size] -> probabilities, same shape."""
     mean, _ = posterior(model, params, images)
     return decode_probabilities(model, params, mean)

@@ -3,9 +3,14 @@
 An `Objective` is a frozen dataclass, so it is hashable and passes to jitted functions
 as a static argument: the likelihood, the bound and the schedule are compiled into the
 program, while the KL weight `beta` stays a traced value (a sweep vmaps over it).
+
+It works with any latent-variable model that has the methods listed in
+`vae_jax.models` (`sample_posterior`, `log_posterior`, `log_prior`, `decode`,
+`analytic_kl`), called through the model's `apply`.
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,15 +22,17 @@ from vae_jax.losses import (
     ElboTerms,
     free_bits_kl,
     log_importance_weights,
-    negative_elbo,
     negative_iwae_bound,
     reconstruction_nll,
 )
-from vae_jax.models import reparameterize
+from vae_jax.models import PosteriorDraw
 from vae_jax.schedules import BetaSchedule
 
 BOUNDS = ("elbo", "iwae")
 GRADIENT_ESTIMATORS = ("standard", "dreg")
+
+# A likelihood: (decoder_output [..., pixels], images [..., pixels]) -> -log p(x|z) [...].
+Likelihood = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,23 +40,27 @@ class Objective:
     """The training objective: recon + beta * KL (elbo) or -L_k (iwae), per image.
 
     Attributes:
-      bound: "elbo", one z per image and the KL in closed form; or "iwae", the k-sample
-        bound of Burda et al. (2016) with k = `num_samples`.
+      bound: "elbo", one z per image, with the KL in closed form where the model has it
+        (one Gaussian layer, prior N(0, I)) and else a one-draw Monte Carlo estimate; or
+        "iwae", the k-sample bound of Burda et al. (2016) with k = `num_samples`.
       num_samples: k, the z draws per image of the iwae bound (1 for elbo).
-      reconstruction: the likelihood p(x|z), one of `losses.RECONSTRUCTIONS`.
-      recon_scale: its fixed std (gaussian) or scale (laplace), in pixel units.
+      reconstruction: the likelihood p(x|z): the name of a built-in one
+        (`losses.RECONSTRUCTIONS`), or your own function
+        `(decoder_output, images) -> -log p(x|z)` per image, in nats. Define the
+        function once (at module level): jit compiles once per distinct function.
+      recon_scale: the built-in gaussian's std or laplace's scale, in pixel units.
       free_bits: with elbo, a floor in nats on each latent dimension's batch-mean KL
-        (Kingma et al. 2016); 0 is off.
+        (Kingma et al. 2016); 0 is off. Needs a closed-form KL.
       beta_schedule: the factor in [0, 1] on beta at each optimiser step.
       gradient_estimator: "standard" differentiates the bound as it is; "dreg" (iwae
         only) gives the encoder the doubly-reparameterized gradient of Tucker et al.
-        (2019), whose signal-to-noise ratio does not fall with k. The decoder's gradient
-        and the loss value are the standard ones.
+        (2019), whose signal-to-noise ratio does not fall with k. The generative
+        model's gradient and the loss value are the standard ones.
     """
 
     bound: str = "elbo"
     num_samples: int = 1
-    reconstruction: str = "bernoulli"
+    reconstruction: str | Likelihood = "bernoulli"
     recon_scale: float = DEFAULT_SCALE
     free_bits: float = 0.0
     beta_schedule: BetaSchedule = BetaSchedule()
@@ -58,9 +69,10 @@ class Objective:
     def __post_init__(self):
         if self.bound not in BOUNDS:
             raise ValueError(f"unknown bound {self.bound!r}; expected one of {BOUNDS}")
-        if self.reconstruction not in RECONSTRUCTIONS:
+        if not callable(self.reconstruction) and self.reconstruction not in RECONSTRUCTIONS:
             raise ValueError(
-                f"unknown reconstruction {self.reconstruction!r}; expected one of {RECONSTRUCTIONS}"
+                f"unknown reconstruction {self.reconstruction!r}; expected one of "
+                f"{RECONSTRUCTIONS} or a function (decoder_output, images) -> nll per image"
             )
         if self.num_samples < 1 or (self.bound == "elbo" and self.num_samples != 1):
             raise ValueError(f"num_samples={self.num_samples}: use 1 for elbo, >= 1 for iwae")
@@ -76,32 +88,47 @@ class Objective:
                 f"{GRADIENT_ESTIMATORS}, and dreg with the iwae bound only"
             )
 
-    def likelihood_nll(self, logits: jax.Array, images: jax.Array) -> jax.Array:
-        """-log p(x|z) summed over pixels, from logits [..., pixels]: [...]."""
-        return reconstruction_nll(logits, images, self.reconstruction, self.recon_scale)
+    def likelihood_nll(self, output: jax.Array, images: jax.Array) -> jax.Array:
+        """-log p(x|z) summed over pixels, from the decoder's output [..., pixels]: [...]."""
+        if callable(self.reconstruction):
+            return self.reconstruction(output, images)
+        return reconstruction_nll(output, images, self.reconstruction, self.recon_scale)
+
+    def scores(self, variables, apply_fn, images, z):
+        """-log p(x|z) and log p(z) of draws z (sample axes leading): each [..., batch]."""
+        output = apply_fn(variables, z, method="decode")
+        images = images.reshape((1,) * (output.ndim - images.ndim) + images.shape)
+        recon = self.likelihood_nll(output, images)
+        return recon, apply_fn(variables, z, method="log_prior")
+
+    def elbo(
+        self, params, apply_fn, images: jax.Array, key: jax.Array, beta: float | jax.Array
+    ) -> tuple[ElboTerms, PosteriorDraw]:
+        """recon + beta * KL per image [batch] from one draw each, and that draw."""
+        variables = {"params": params}
+        draw = apply_fn(variables, images, key, method="sample_posterior")
+        recon, log_prior = self.scores(variables, apply_fn, images, draw.z)
+        kl = apply_fn(variables, draw, method="analytic_kl")
+        if kl is None:
+            kl = draw.log_q - log_prior
+        return ElboTerms(loss=recon + beta * kl, recon=recon, kl=kl), draw
 
     def terms(
         self, params, apply_fn, images: jax.Array, key: jax.Array, beta: float | jax.Array
-    ) -> tuple[ElboTerms, jax.Array, jax.Array]:
-        """Per-image terms, each [batch] in nats, and q(z|x)'s mean and logvar [batch, latent].
+    ) -> tuple[ElboTerms, PosteriorDraw]:
+        """Per-image terms, each [batch] in nats, and the draws they were computed from.
 
         `loss` is recon + beta * KL (elbo) or -L_k (iwae; recon is then the mean over
-        the k draws of -log p(x|z_i), and kl the closed-form KL).
+        the k draws of -log p(x|z_i), and kl the closed form or the draws' mean of
+        log q - log p).
         """
+        if self.bound == "elbo":
+            return self.elbo(params, apply_fn, images, key, beta)
         variables = {"params": params}
-        if self.bound == "iwae":
-            logits, z, mean, logvar = apply_fn(
-                variables, images, key, self.num_samples, method="decode_samples"
-            )
-            terms = negative_iwae_bound(
-                logits, images, z, mean, logvar, beta, self.reconstruction, self.recon_scale
-            )
-        else:
-            logits, mean, logvar = apply_fn(variables, images, key)
-            terms = negative_elbo(
-                logits, images, mean, logvar, beta, self.reconstruction, self.recon_scale
-            )
-        return terms, mean, logvar
+        draw = apply_fn(variables, images, key, self.num_samples, method="sample_posterior")
+        recon, log_prior = self.scores(variables, apply_fn, images, draw.z)
+        kl = apply_fn(variables, draw, method="analytic_kl")
+        return negative_iwae_bound(recon, log_prior, draw.log_q, beta, kl), draw
 
     def batch_loss(
         self,
@@ -131,7 +158,7 @@ class Objective:
         if self.gradient_estimator == "dreg":
             terms, surrogate = self._dreg_terms(params, apply_fn, images, key, beta, weights)
         else:
-            terms, mean, logvar = self.terms(params, apply_fn, images, key, beta)
+            terms, draw = self.terms(params, apply_fn, images, key, beta)
         num_images = jnp.sum(weights)
 
         def batch_mean(values):
@@ -139,7 +166,9 @@ class Objective:
 
         recon, kl = batch_mean(terms.recon), batch_mean(terms.kl)
         if self.free_bits > 0:
-            value = recon + beta * free_bits_kl(mean, logvar, weights, self.free_bits)
+            if apply_fn({"params": params}, draw, method="analytic_kl") is None:
+                raise ValueError("free_bits needs a closed-form KL: one layer, prior N(0, I)")
+            value = recon + beta * free_bits_kl(*draw.gaussians[0], weights, self.free_bits)
         else:
             value = batch_mean(terms.loss)
         if self.gradient_estimator == "dreg":
@@ -152,34 +181,30 @@ class Objective:
         """The iwae terms, and a scalar whose gradient is DReG's (Tucker et al. 2019).
 
         With normalized weights w~_i = softmax(log w)_i, the gradient of L_k is
-        sum_i w~_i grad_theta log w_i for the decoder, and through z_i for the encoder,
-        with q's parameters held fixed in log q:
+        sum_i w~_i d log w_i / d theta at fixed z for the model's parameters, and through
+        the draws z_i for the encoder, with q's parameters held fixed in log q:
             sum_i ((1 - beta) w~_i + beta w~_i^2) d log w_i / d z_i  d z_i / d phi,
         which at beta = 1 is DReG's w~_i^2 (the score-function term rewritten by
-        reparameterization). One decoder pass; its vjp taken twice, once per weighting.
+        reparameterization). For a hierarchy, d log w / d z_i is taken for every layer,
+        and z's own dependence between layers is followed by the chain rule. A prior
+        built from the encoder (the VampPrior) passes its gradient through the first
+        term. One pass of the generative model; its vjp taken twice, once per weighting.
         """
-        mean, logvar = apply_fn({"params": params}, images, method="encode")
-        shape = (self.num_samples, *mean.shape)
-        # The draws of `decode_samples`, so the value equals the standard estimator's.
-        z = reparameterize(key, jnp.broadcast_to(mean, shape), jnp.broadcast_to(logvar, shape))
-        fixed_mean, fixed_logvar = jax.lax.stop_gradient((mean, logvar))
+        variables = {"params": params}
+        draw = apply_fn(variables, images, key, self.num_samples, method="sample_posterior")
+        fixed = {"params": jax.lax.stop_gradient(params)}
 
         def log_weights(params, z):
-            logits = apply_fn({"params": params}, z, method="decode")
-            log_likelihood = -self.likelihood_nll(logits, images[None])
-            log_w = log_importance_weights(
-                log_likelihood, z, fixed_mean[None], fixed_logvar[None], beta
-            )
-            return log_w, logits
+            recon, log_prior = self.scores({"params": params}, apply_fn, images, z)
+            log_q = apply_fn(fixed, images, z, method="log_posterior")
+            return log_importance_weights(-recon, log_prior, log_q, beta), (recon, log_prior, log_q)
 
-        log_w, vjp, logits = jax.vjp(log_weights, params, z, has_aux=True)
+        log_w, vjp, (recon, log_prior, log_q) = jax.vjp(log_weights, params, draw.z, has_aux=True)
         normalized = jax.nn.softmax(jax.lax.stop_gradient(log_w), axis=0)  # [k, batch]
         image_weights = (weights / jnp.sum(weights))[None]
-        decoder_grads, _ = vjp(normalized * image_weights)
+        model_grads, _ = vjp(normalized * image_weights)
         _, z_grads = vjp(((1 - beta) * normalized + beta * jnp.square(normalized)) * image_weights)
-        decoder_grads, z_grads = jax.lax.stop_gradient((decoder_grads, z_grads))
-        bound_surrogate = jnp.vdot(z_grads, z) + optax.tree.vdot(decoder_grads, params)
-        terms = negative_iwae_bound(
-            logits, images, z, mean, logvar, beta, self.reconstruction, self.recon_scale
-        )
-        return terms, -bound_surrogate
+        model_grads, z_grads = jax.lax.stop_gradient((model_grads, z_grads))
+        bound_surrogate = optax.tree.vdot(z_grads, draw.z) + optax.tree.vdot(model_grads, params)
+        kl = apply_fn(variables, draw, method="analytic_kl")
+        return negative_iwae_bound(recon, log_prior, log_q, beta, kl), -bound_surrogate

@@ -136,8 +136,8 @@ def save_manifold(model, params, image_shape, path, grid_size: int = 20) -> None
     """For a 2-d latent: decoded grid over the N(0, I) quantiles 0.05 .. 0.95 of each axis."""
     from statistics import NormalDist
 
-    if model.latent != 2:
-        raise ValueError(f"the manifold picture needs a 2-d latent, got {model.latent}")
+    if tuple(model.latent_sizes) != (2,):
+        raise ValueError(f"the manifold picture needs one 2-d latent, got {model.latent_sizes}")
     quantiles = [NormalDist().inv_cdf(q) for q in np.linspace(0.05, 0.95, grid_size)]
     z = np.array([[x, y] for y in reversed(quantiles) for x in quantiles], np.float32)
     _save_mosaic(tile_images(_decode_probabilities(model, params, z), image_shape, grid_size), path)

@@ -21,7 +21,7 @@ import numpy as np
 from vae_jax import bounds, checkpoint, data, parallel, plots, train, workdir
 from vae_jax.config import Config
 from vae_jax.errors import InputError
-from vae_jax.models import VAE, reconstruct_images, sample_images
+from vae_jax.models import reconstruct_images, sample_images, with_dtype
 
 NUM_SAMPLES = 64  # digits in samples.png
 NUM_RECONSTRUCTIONS = 16  # test images in reconstructions.png
@@ -94,11 +94,13 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
         )
     steps_per_epoch = -(-num_train // config.batch_size)
     model = config.build_model(dataset.image_shape)
-    eval_model = model.clone(dtype=jnp.float32)  # Scored in float32 whatever --dtype.
+    eval_model = with_dtype(model, jnp.float32)  # Scored in float32 whatever --dtype.
     objective = config.build_objective(steps_per_epoch)
     learning_rate_fn = config.learning_rate_fn(steps_per_epoch)
     keys = train.run_keys(config.seed)
-    state = train.create_train_state(model, keys.init, config.build_optimizer(steps_per_epoch))
+    state = train.create_train_state(
+        model, keys.init, config.build_optimizer(steps_per_epoch), config.ema_decay
+    )
     state, train_key, eval_key = parallel.put_replicated((state, keys.train, keys.eval), mesh)
     metrics_path = os.path.join(folder, workdir.METRICS_FILE)
     checkpoint_dir = os.path.join(folder, checkpoint.CHECKPOINT_DIR)
@@ -164,7 +166,7 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
     else:
         run_epoch = functools.partial(train.train_epoch_stepwise, **epoch_options)
     run_eval = bounds.elbo_terms.lower(
-        eval_model, state.params, test_images, eval_key, beta, objective=objective, mesh=mesh
+        eval_model, state.eval_params, test_images, eval_key, beta, objective=objective, mesh=mesh
     ).compile()
     if config.num_valid:
         valid_inputs = parallel.put_replicated(
@@ -172,7 +174,13 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
         )
         valid_key = jax.random.fold_in(eval_key, 1)
         run_valid = bounds.elbo_terms.lower(
-            eval_model, state.params, valid_inputs, valid_key, beta, objective=objective, mesh=mesh
+            eval_model,
+            state.eval_params,
+            valid_inputs,
+            valid_key,
+            beta,
+            objective=objective,
+            mesh=mesh,
         ).compile()
         best_valid_elbo = min((r["valid_elbo"] for r in history), default=np.inf)
     compile_time_s = time.perf_counter() - compile_start
@@ -184,7 +192,7 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
         )
         train_metrics = jax.device_get(train_metrics)  # Waits for the epoch to finish.
         epoch_time_s = time.perf_counter() - epoch_start
-        test_terms = jax.device_get(run_eval(state.params, test_images, eval_key, beta))
+        test_terms = jax.device_get(run_eval(state.eval_params, test_images, eval_key, beta))
         record = {
             "epoch": epoch,
             "train_objective": float(train_metrics["objective"]),
@@ -202,7 +210,9 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
             "images_per_s": num_train / epoch_time_s,
         }
         if config.num_valid:
-            valid_terms = jax.device_get(run_valid(state.params, valid_inputs, valid_key, beta))
+            valid_terms = jax.device_get(
+                run_valid(state.eval_params, valid_inputs, valid_key, beta)
+            )
             record["valid_elbo"] = float(np.mean(valid_terms.recon + valid_terms.kl))
         if config.on_nan == "skip_batch":
             record["skipped_batches"] = int(train_metrics["skipped_batches"])
@@ -225,7 +235,9 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
         if config.num_valid and record["valid_elbo"] < best_valid_elbo:
             best_valid_elbo = record["valid_elbo"]
             if writer:  # Selected on the validation images only, never on the test set.
-                workdir.write_params(os.path.join(folder, workdir.BEST_PARAMS_FILE), state.params)
+                workdir.write_params(
+                    os.path.join(folder, workdir.BEST_PARAMS_FILE), state.eval_params
+                )
         log(format_progress(record, config.epochs))
         stop = parallel.any_process(should_stop())
         if stop or epoch % config.checkpoint_every == 0 or epoch == config.epochs:
@@ -237,7 +249,7 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
             )
             return {**record, "stopped": True}
 
-    host_params = jax.device_get(state.params)
+    host_params = jax.device_get(state.eval_params)  # The moving average, with --ema_decay
     if writer:
         workdir.write_params(os.path.join(folder, workdir.PARAMS_FILE), host_params)
         # On this process's first device, from host copies: the other processes are done.
@@ -256,7 +268,7 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
 
 
 def write_pictures(
-    model: VAE, params, test_images, sample_key, image_shape, history, folder: str
+    model, params, test_images, sample_key, image_shape, history, folder: str
 ) -> None:
     """samples.png, reconstructions.png and loss_curves.png in `folder`."""
     samples = sample_images(model, params, sample_key, NUM_SAMPLES)

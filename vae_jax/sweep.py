@@ -14,12 +14,11 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from vae_jax.models import VAE
 from vae_jax.train import create_train_state, run_keys, train_epoch
 
 
 def create_sweep_state(
-    model: VAE, seeds: list[int], tx: optax.GradientTransformation
+    model, seeds: list[int], tx: optax.GradientTransformation
 ) -> tuple[train_state.TrainState, jax.Array]:
     """The S initial states stacked on a leading axis, and the S runs' training keys [S].
 

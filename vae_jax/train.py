@@ -11,8 +11,9 @@ metrics, pictures) is `vae_jax.run`.
 """
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -20,7 +21,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from vae_jax import data, parallel
-from vae_jax.models import VAE
+from vae_jax.models import draw_noise
 from vae_jax.objective import Objective
 
 
@@ -38,23 +39,70 @@ def run_keys(seed: int) -> RunKeys:
     return RunKeys(*jax.random.split(jax.random.key(seed), 4))
 
 
-def init_params(model: VAE, key: jax.Array):
-    """The model's initial `params` collection, drawn from `key`."""
+def _touch_every_parameter(model, images: jax.Array, key: jax.Array):
+    draw = model.posterior(images, draw_noise(key, model.latent_sizes, images.shape[:-1]))
+    return model.decode(draw.z), model.log_prior(draw.z)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def init_params(model, key: jax.Array):
+    """The model's initial `params` collection, drawn from `key`.
+
+    Runs the posterior, the prior and the decoder once on a blank image, so that every
+    parameter is made (a VampPrior's pseudo-inputs too); jitted, as Flax's eager `init`
+    dispatches each layer's initialiser on its own.
+    """
     init_key, z_key = jax.random.split(key)
     dummy_images = jnp.zeros((1, model.image_size), jnp.float32)
-    return model.init(init_key, dummy_images, z_key)["params"]
+    return model.init(init_key, dummy_images, z_key, method=_touch_every_parameter)["params"]
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState, with an exponential moving average of the parameters.
+
+    With `ema_decay` > 0, each step sets ema <- d ema + (1 - d) params, with
+    d = min(ema_decay, (1 + step) / (10 + step)): the warm-up of TensorFlow's
+    ExponentialMovingAverage, so early steps do not drag in the initial parameters.
+    The average is what a run evaluates and saves (Polyak averaging, as in BIVA, NVAE
+    and VDVAE); training continues from `params`.
+    """
+
+    ema_params: Any = None
+    ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+    def apply_gradients(self, *, grads, **kwargs) -> "TrainState":
+        new_state = super().apply_gradients(grads=grads, **kwargs)
+        if not self.ema_decay:
+            return new_state
+        step = new_state.step.astype(jnp.float32)
+        decay = jnp.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+        ema_params = jax.tree.map(
+            lambda ema, new: decay * ema + (1.0 - decay) * new, self.ema_params, new_state.params
+        )
+        return new_state.replace(ema_params=ema_params)
+
+    @property
+    def eval_params(self):
+        """The parameters to evaluate: the moving average when there is one."""
+        return self.params if self.ema_params is None else self.ema_params
 
 
 def create_train_state(
-    model: VAE, key: jax.Array, tx: optax.GradientTransformation
-) -> train_state.TrainState:
+    model, key: jax.Array, tx: optax.GradientTransformation, ema_decay: float = 0.0
+) -> TrainState:
     """The model's parameters initialised from `key`, and `tx`'s state for them.
 
     `tx` is any optax transformation, e.g. `optax.adam(1e-3)` (the reference's) or one
-    from `vae_jax.optim.make_optimizer`.
+    from `vae_jax.optim.make_optimizer`. `ema_decay` > 0 keeps a moving average of the
+    parameters (`TrainState.ema_params`).
     """
-    state = train_state.TrainState.create(
-        apply_fn=model.apply, params=init_params(model, key), tx=tx
+    params = init_params(model, key)
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        ema_params=jax.tree.map(jnp.copy, params) if ema_decay else None,
+        ema_decay=ema_decay,
     )
     # TrainState.create starts `step` as a Python int, which would make the first and
     # later calls of a jitted step different programs: start it as the int32 it becomes.
@@ -63,14 +111,14 @@ def create_train_state(
 
 @functools.partial(jax.jit, static_argnames=("objective",), donate_argnames=("state",))
 def train_step(
-    state: train_state.TrainState,
+    state: TrainState,
     images: jax.Array,
     key: jax.Array,
     beta: float | jax.Array = 1.0,
     weights: jax.Array | None = None,
     *,
     objective: Objective = Objective(),
-) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on `objective` for a batch.
 
     Args:
@@ -97,7 +145,7 @@ EPOCH_OPTIONS = ("objective", "batch_size", "binarization", "on_nan", "mesh")
 
 @functools.partial(jax.jit, static_argnames=EPOCH_OPTIONS, donate_argnames=("state",))
 def train_epoch(
-    state: train_state.TrainState,
+    state: TrainState,
     train_images: jax.Array,
     epoch_key: jax.Array,
     beta: float | jax.Array = 1.0,
@@ -107,7 +155,7 @@ def train_epoch(
     binarization: str = "none",
     on_nan: str = "stop",
     mesh: Mesh | None = None,
-) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One shuffled pass over `train_images` as a single compiled loop.
 
     Every image is used once per epoch: the last batch is padded and the padding masked
@@ -150,14 +198,14 @@ def train_epoch(
 
 
 def train_epoch_stepwise(
-    state: train_state.TrainState,
+    state: TrainState,
     train_images: jax.Array,
     epoch_key: jax.Array,
     beta: float | jax.Array = 1.0,
     *,
     batch_size: int = 256,
     **options,
-) -> tuple[train_state.TrainState, dict[str, jax.Array]]:
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """`train_epoch` with one compiled program per step instead of one per epoch.
 
     The same batches, draws and metrics, for programs that XLA runs slowly inside a loop:

@@ -29,7 +29,6 @@ import jax
 from vae_jax import train
 from vae_jax.config import Config, check_compatible, config_from_dict
 from vae_jax.errors import InputError
-from vae_jax.models import VAE
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
@@ -218,10 +217,10 @@ def _write_atomically(path: str, content: str | bytes) -> None:
 # --- The trained model --------------------------------------------------------------------
 
 
-def load_model(workdir: str, params_file: str = PARAMS_FILE) -> tuple[VAE, Any, Config]:
+def load_model(workdir: str, params_file: str = PARAMS_FILE) -> tuple[Any, Any, Config]:
     """A finished run's (model, params, config), read from its folder alone.
 
-    The model is the one trained (its `dtype` included; `model.clone(dtype=jnp.float32)`
+    The model is the one trained (its `dtype` included; `models.with_dtype(model, jnp.float32)`
     scores it in float32), and `params` the `params` collection of `params_file` (the
     final one, or `BEST_PARAMS_FILE`) on the host.
 
