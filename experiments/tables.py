@@ -177,7 +177,7 @@ def score(config: Config, which_params: str, sample_counts: tuple[int, ...]) -> 
             and results["num_images"] == MNIST_TEST_IMAGES
         ):
             return results
-    model, params, saved = load_model(config.workdir, PARAMS_FILES[which_params])
+    model, params, saved, _ = load_model(config.workdir, PARAMS_FILES[which_params])
     with lock(config.workdir):
         return evaluate_workdir(
             config.workdir,
@@ -265,7 +265,7 @@ def likelihood_table():
     histories = {}
     for name, config in runs.items():
         config, history = train("likelihood", name, config)
-        model, params, _ = load_model(config.workdir)
+        model, params, _, _ = load_model(config.workdir)
         results = evaluate_run(
             model,
             params,
@@ -299,7 +299,7 @@ def latent_table():
     histories = {}
     for latent in (2, 4, 8, 16, 32, 64):
         config, history = train("latent", f"latent{latent}", Config(latent=latent, epochs=epochs))
-        model, params, _ = load_model(config.workdir)
+        model, params, _, _ = load_model(config.workdir)
         mean, _ = posterior(model, params, test_images)
         last = history[-1]
         lines.append(

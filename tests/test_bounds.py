@@ -66,15 +66,18 @@ def data_points():
 
 
 def bound(x, encode, num_samples, sample_chunk=None, key=0):
+    """L_k per image (the negated -L_k of `negative_importance_weighted_bound`)."""
     fn = jax.jit(
-        lambda x, ids: bounds.importance_weighted_bound(
-            jax.random.key(key),
-            x,
-            ids,
-            log_weights_with(encode),
-            (LATENT,),
-            num_samples,
-            sample_chunk or num_samples,
+        lambda x, ids: (
+            -bounds.negative_importance_weighted_bound(
+                jax.random.key(key),
+                x,
+                ids,
+                log_weights_with(encode),
+                (LATENT,),
+                num_samples,
+                sample_chunk or num_samples,
+            )
         )
     )
     return np.asarray(fn(jnp.asarray(x), jnp.arange(len(x))), np.float64)
@@ -108,8 +111,10 @@ def test_chunking_changes_nothing(data_points):
     np.testing.assert_allclose(bound(x, worse_posterior, 60, sample_chunk=7), whole, rtol=1e-5)
     # Image batches: each image keeps its draws through its id.
     fn = jax.jit(
-        lambda x, ids: bounds.importance_weighted_bound(
-            jax.random.key(0), x, ids, log_weights_with(worse_posterior), (LATENT,), 60, 60
+        lambda x, ids: (
+            -bounds.negative_importance_weighted_bound(
+                jax.random.key(0), x, ids, log_weights_with(worse_posterior), (LATENT,), 60, 60
+            )
         )
     )
     halves = np.concatenate(
@@ -121,13 +126,32 @@ def test_chunking_changes_nothing(data_points):
 def test_vae_estimate_is_chunk_invariant_and_ordered(tiny_vae):
     model, params, images = tiny_vae
     key = jax.random.key(5)
-    direct = bounds.vae_importance_weighted_bound(
+    direct = bounds.model_negative_bound(
         model, params, jnp.asarray(images), jnp.arange(30), key, num_samples=40, sample_chunk=40
     )
-    chunked = bounds.estimate_bound(model, params, images, key, 40, max_rows=16)
+    chunked = bounds.estimate_negative_bound(model, params, images, key, 40, max_rows=16)
     np.testing.assert_allclose(chunked, direct, rtol=1e-5)
-    l1 = bounds.estimate_bound(model, params, images, key, 1)
-    assert l1.mean() < chunked.mean()
+    neg_l1 = bounds.estimate_negative_bound(model, params, images, key, 1)
+    assert neg_l1.mean() > chunked.mean()  # -L_1 >= -L_40
+    # The same bound as the ELBO's loss, -L_1, up to the draws: the sign of a loss.
+    elbo = bounds.elbo_terms(model, params, jnp.asarray(images), key).loss
+    assert abs(float(elbo.mean()) - neg_l1.mean()) < 5 * float(elbo.std()) / np.sqrt(len(images))
+
+
+def test_bounds_take_uint8_pixels_as_their_unit_interval_floats(tiny_vae):
+    model, params, binary = tiny_vae
+    pixels = (binary[:20] * np.linspace(0, 255, 36)).astype(np.uint8)  # as load_dataset's
+    floats = pixels.astype(np.float32) / 255
+    key = jax.random.key(2)
+    uint8_terms = bounds.elbo_terms(model, params, jnp.asarray(pixels), key)
+    float_terms = bounds.elbo_terms(model, params, jnp.asarray(floats), key)
+    assert np.all(np.isfinite(uint8_terms.loss))
+    np.testing.assert_allclose(uint8_terms.loss, float_terms.loss, rtol=1e-6)
+    np.testing.assert_allclose(
+        bounds.estimate_negative_bound(model, params, pixels, key, 10),
+        bounds.estimate_negative_bound(model, params, floats, key, 10),
+        rtol=1e-6,
+    )
 
 
 def test_active_units_and_kl_per_dimension():

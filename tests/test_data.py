@@ -206,3 +206,21 @@ def test_eval_inputs(mnist_idx):
     assert abs(binary.mean() - grayscale.mean()) < 0.01
     np.testing.assert_array_equal(binary[test_images == 0], 0.0)
     np.testing.assert_array_equal(binary[test_images == 255], 1.0)
+
+
+def test_batches_shuffle_each_image_once_per_epoch_key():
+    images = np.arange(10 * 3, dtype=np.uint8).reshape(10, 3)  # row i holds 3i .. 3i + 2
+
+    def epoch(key, **options):
+        return [np.asarray(b) for b in data.batches(images, 4, key, **options)]
+
+    first = epoch(jax.random.key(0))
+    assert [b.shape for b in first] == [(4, 3), (4, 3)]  # the last 2 images dropped
+    assert all(b.dtype == np.float32 and b.min() >= 0 and b.max() <= 1 for b in first)
+    rows = np.rint(np.concatenate(first) * 255).astype(int)[:, 0] // 3
+    assert len(set(rows)) == 8 and sorted(rows) != list(rows)  # distinct, shuffled
+    whole = np.concatenate(epoch(jax.random.key(0), drop_remainder=False))
+    np.testing.assert_array_equal(np.sort(np.rint(whole * 255), axis=0), images)
+    np.testing.assert_array_equal(np.concatenate(epoch(jax.random.key(0))), np.concatenate(first))
+    other = np.concatenate(epoch(jax.random.fold_in(jax.random.key(0), 1)))
+    assert not np.array_equal(other, np.concatenate(first))

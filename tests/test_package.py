@@ -2,9 +2,12 @@
 
 import importlib
 import inspect
+import pathlib
 import pkgutil
 import subprocess
 import sys
+
+import tomllib
 
 import vae_jax
 from vae_jax.losses import DEFAULT_SCALE
@@ -23,6 +26,58 @@ def test_import_vae_jax_loads_the_maths_only():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Hides the [all] extra's packages from a fresh interpreter: a core install, in effect.
+WITHOUT_EXTRA = """
+import sys
+BLOCKED = {"tensorflow_datasets", "array_record", "matplotlib", "tqdm"}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_the_core_install_is_the_maths_alone():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {requirement.split(">")[0].split("=")[0] for requirement in project["dependencies"]}
+    assert core == {"jax", "flax", "optax", "numpy"}
+    extra = " ".join(project["optional-dependencies"]["all"])
+    assert "tensorflow-datasets" in extra and "matplotlib" in extra
+
+
+def test_a_train_step_and_a_bound_run_without_the_extra():
+    code = WITHOUT_EXTRA + (
+        "import jax, jax.numpy as jnp, numpy as np, optax, vae_jax\n"
+        "from vae_jax import bounds\n"
+        "model = vae_jax.VAE(latent=4, hidden_sizes=(16,))\n"
+        "state = vae_jax.create_train_state(model, jax.random.key(0), optax.adam(1e-3))\n"
+        "x = jax.random.bernoulli(jax.random.key(1), 0.3, (8, 784)).astype(jnp.float32)\n"
+        "state, metrics = vae_jax.train_step(state, x, jax.random.key(2))\n"
+        "nll = bounds.estimate_negative_bound(model, state.params, np.asarray(x), "
+        "jax.random.key(3), 10, progress=True)\n"
+        "print(np.isfinite(float(metrics['loss'])), np.isfinite(nll).all())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True"]
+
+
+def test_the_commands_name_the_missing_extra_in_one_line():
+    for command in ("vae_jax.main", "vae_jax.evaluate"):
+        code = WITHOUT_EXTRA + f"import runpy; runpy.run_module({command!r}, run_name='__main__')"
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "pip install 'vae_jax[all]'" in result.stderr
+        assert "matplotlib" in result.stderr and "tensorflow_datasets" in result.stderr
 
 
 def _public_functions():
@@ -52,6 +107,7 @@ def test_one_likelihood_scale_default_everywhere():
         for parameter in parameters.values():
             if parameter.name in ("scale", "recon_scale"):
                 defaults[f"{name}({parameter.name})"] = parameter.default
-    # Gaussian, Laplace and their dispatcher; both bounds; Objective and Config.
-    assert len(defaults) == 7, defaults
+    # Gaussian, Laplace and their dispatcher; the ELBO; Objective and Config. (The IWAE
+    # bound takes the likelihood's values, not its parameters.)
+    assert len(defaults) == 6, defaults
     assert set(defaults.values()) == {DEFAULT_SCALE}, defaults

@@ -180,8 +180,8 @@ alone = bounds.elbo_terms(model, params, images, key)
 split = bounds.elbo_terms(model, parallel.put_replicated(params, mesh), images, key, mesh=mesh)
 np.testing.assert_allclose(split.loss, alone.loss, rtol=1e-6)
 host = np.asarray(images)
-alone = bounds.estimate_bound(model, params, host, key, 30, max_rows=64)
-split = bounds.estimate_bound(
+alone = bounds.estimate_negative_bound(model, params, host, key, 30, max_rows=64)
+split = bounds.estimate_negative_bound(
     model, parallel.put_replicated(params, mesh), host, key, 30, max_rows=64, mesh=mesh,
     progress=True,
 )

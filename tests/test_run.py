@@ -153,8 +153,9 @@ def test_load_model_needs_no_data(idx_dir, tmp_path, monkeypatch):
     train_and_evaluate(config)
     shutil.rmtree(data_copy)  # The run's data are gone, and there is no network:
     monkeypatch.setenv("VAE_JAX_MIRROR", "http://127.0.0.1:9/")
-    model, params, loaded = workdir.load_model(config.workdir)
+    model, params, loaded, image_shape = workdir.load_model(config.workdir)
     assert loaded == config
+    assert image_shape == (28, 28, 1)  # enough to draw pictures without the data
     assert (model.latent, model.image_size, model.hidden_sizes) == (4, 784, (32,))
     saved = (tmp_path / "w" / workdir.PARAMS_FILE).read_bytes()
     assert flax.serialization.to_bytes(params) == saved
@@ -247,7 +248,7 @@ def test_cyclical_run(idx_dir, tmp_path):
 def test_conv_run(idx_dir, tmp_path):
     records = tiny_run(idx_dir, tmp_path, architecture="conv", conv_channels=(4, 8))
     assert records[1]["test_elbo"] < records[0]["test_elbo"]
-    model, params, _ = workdir.load_model(str(tmp_path / "w"))
+    model, params, _, _ = workdir.load_model(str(tmp_path / "w"))
     assert params["encoder"]["conv1"]["kernel"].shape == (3, 3, 1, 4)
 
 
@@ -308,7 +309,7 @@ def test_num_valid_logs_the_validation_elbo_and_keeps_the_best_parameters(idx_di
     records = tiny_run(idx_dir, tmp_path, num_valid=256, epochs=3, learning_rate=3e-3)
     valid_elbos = [r["valid_elbo"] for r in records]
     assert all(np.isfinite(valid_elbos))
-    model, params, config = workdir.load_model(str(tmp_path / "w"), workdir.BEST_PARAMS_FILE)
+    model, params, config, _ = workdir.load_model(str(tmp_path / "w"), workdir.BEST_PARAMS_FILE)
     # best_params.msgpack scores the lowest validation ELBO of the run, on the held-out
     # images with the run's fixed validation draws.
     dataset = data.read_idx_dir(str(idx_dir))

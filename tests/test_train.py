@@ -1,5 +1,7 @@
 """The jitted step and epoch: learning, determinism, compilation, padding."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,28 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(images):
         losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.6 * losses[0]
     assert int(state.step) == 30
+
+
+def test_uint8_images_train_as_their_unit_interval_floats(images):
+    # load_dataset's uint8 pixels straight into the step: the same finite loss and the
+    # same parameters as the images scaled to [0, 1], never a silent NaN.
+    batch = images[:64]
+    assert batch.dtype == np.uint8
+    results = []
+    for inputs in (batch, data.to_unit_interval(batch)):
+        state = create_train_state(SMALL, jax.random.key(0), optax.adam(1e-3))
+        state, metrics = train_step(state, inputs, jax.random.key(1))
+        results.append((metrics, state.params))
+    (uint8_metrics, uint8_params), (float_metrics, float_params) = results
+    assert np.isfinite(float(uint8_metrics["loss"]))
+    for name in ("loss", "recon", "kl"):
+        np.testing.assert_allclose(uint8_metrics[name], float_metrics[name], rtol=1e-6)
+    # Equal up to rounding: XLA may fold the division by 255 into a multiplication.
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+        uint8_params,
+        float_params,
+    )
 
 
 def test_train_step_compiles_once(images):

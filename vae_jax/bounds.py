@@ -6,8 +6,11 @@ is per image, in nats.
 The importance-weighted bound (Burda et al. 2016) for k samples z_i ~ q(z|x) is
     L_k(x) = log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x),
 with L_1 = ELBO <= L_k <= L_{k+1} <= log p(x) in expectation, so -L_5000 estimates the
-negative log-likelihood. With the Bernoulli likelihood it is a likelihood of binary
-images only: train and evaluate with `--binarization=dynamic` to quote it as an NLL.
+negative log-likelihood. Every function here returns the negated bound -L_k (an upper
+bound on -log p(x), in nats, the sign of a loss), as do `losses.negative_iwae_bound`,
+`elbo_terms(...).loss`, the console and eval.json; their names say so. With the
+Bernoulli likelihood it is a likelihood of binary images only: train and evaluate with
+`--binarization=dynamic` to quote it as an NLL.
 
 Over a mesh, the images are split over its devices, and each device runs one compiled
 loop over its share. Image i draws its z from `fold_in(key, i)` (sample j of it from
@@ -15,18 +18,20 @@ loop over its share. Image i draws its z from `fold_in(key, i)` (sample j of it 
 sizes, which only bound memory.
 """
 
+import contextlib
 import functools
 import itertools
 import math
+import types
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.sharding import Mesh, PartitionSpec
 
 from vae_jax import parallel
+from vae_jax.data import to_unit_interval
 from vae_jax.losses import ElboTerms, kl_per_latent, log_importance_weights
 from vae_jax.objective import Objective
 
@@ -90,7 +95,7 @@ def elbo_terms(
     Args:
       model: the latent-variable model (static: its shape is part of the compiled program).
       params: its parameters (the `params` collection).
-      images: [num_images, pixels] in [0, 1].
+      images: [num_images, pixels], floats in [0, 1] or uint8 pixels.
       key: PRNG key of the z draws; keep it fixed to compare epochs and runs.
       objective: gives the likelihood (its bound and schedule are not used).
       mesh: split the images over its devices; None computes where the inputs are.
@@ -112,7 +117,7 @@ def elbo_terms(
 # --- Importance-weighted bounds ------------------------------------------------------
 
 
-def importance_weighted_bound(
+def negative_importance_weighted_bound(
     key: jax.Array,
     images: jax.Array,
     image_ids: jax.Array,
@@ -121,7 +126,7 @@ def importance_weighted_bound(
     num_samples: int,
     sample_chunk: int,
 ) -> jax.Array:
-    """L_k per image, [batch], for any model whose draws are a function of normal noise.
+    """-L_k per image, [batch], for any model whose draws are a function of normal noise.
 
     Sample j of image i uses the noise `normal(fold_in(fold_in(key, image_ids[i]), j),
     [sum(latent_sizes)])`, split by layer, so the result depends neither on how images
@@ -156,7 +161,7 @@ def importance_weighted_bound(
 
     initial = jnp.full(images.shape[:1], -jnp.inf, images.dtype)
     log_sum, _ = jax.lax.scan(add_chunk, initial, jnp.arange(num_chunks))
-    return log_sum - math.log(num_samples)
+    return math.log(num_samples) - log_sum
 
 
 @functools.partial(
@@ -170,7 +175,7 @@ def importance_weighted_bound(
         "images_per_step",
     ),
 )
-def vae_importance_weighted_bound(
+def model_negative_bound(
     model,
     params,
     images: jax.Array,
@@ -183,12 +188,14 @@ def vae_importance_weighted_bound(
     mesh: Mesh | None = None,
     images_per_step: int | None = None,
 ) -> jax.Array:
-    """`importance_weighted_bound` of a trained model with `objective`'s likelihood: [batch].
+    """-L_k per image of a trained model with `objective`'s likelihood: [batch].
+
+    `images` are floats in [0, 1] or uint8 pixels (`data.to_unit_interval`).
 
     With a mesh, the images are split over its devices; each device loops over its
     share `images_per_step` images at a time (None: all at once).
     """
-    variables = {"params": params}
+    variables, images = {"params": params}, to_unit_interval(images)
 
     def log_weights(x, noise):
         draw = model.apply(variables, x, noise, method="posterior")
@@ -196,7 +203,7 @@ def vae_importance_weighted_bound(
         return log_importance_weights(-recon, log_prior, draw.log_q)
 
     def chunk_bound(chunk_images, chunk_ids):
-        return importance_weighted_bound(
+        return negative_importance_weighted_bound(
             key,
             chunk_images,
             chunk_ids,
@@ -210,7 +217,7 @@ def vae_importance_weighted_bound(
     return _map_images(chunk_bound, mesh, max_chunk, images, image_ids)
 
 
-def estimate_bound(
+def estimate_negative_bound(
     model,
     params,
     images: np.ndarray,
@@ -222,7 +229,7 @@ def estimate_bound(
     max_rows: int = 8192,
     progress: bool = False,
 ) -> np.ndarray:
-    """L_k for every image, [num_images], as float64 on the host.
+    """-L_k for every image, [num_images], as float64 on the host (nats, lower is better).
 
     Each device decodes at most `max_rows` samples at a time: `min(k, max_rows)` samples
     of `max_rows // min(k, max_rows)` images. Without `progress`, all images go in one
@@ -230,7 +237,7 @@ def estimate_bound(
     a terminal only).
 
     Args:
-      images: [num_images, pixels] in [0, 1].
+      images: [num_images, pixels], floats in [0, 1] or uint8 pixels.
       mesh: split the images over its devices (params replicated over it); None: one device.
     """
     num_images = len(images)
@@ -246,7 +253,7 @@ def estimate_bound(
     )
     image_ids = np.arange(padded)
     bounds = []
-    with tqdm.tqdm(
+    with _progress_bar(
         total=num_images, desc=f"-L_{num_samples}", unit="image", disable=None if progress else True
     ) as bar:
         for start in range(0, padded, call_images):
@@ -254,7 +261,7 @@ def estimate_bound(
             inputs = (images[window], image_ids[window])
             if mesh is not None:
                 inputs = parallel.put_replicated(inputs, mesh)
-            bound = vae_importance_weighted_bound(
+            bound = model_negative_bound(
                 model,
                 params,
                 *inputs,
@@ -268,6 +275,15 @@ def estimate_bound(
             bounds.append(np.asarray(jax.device_get(bound), np.float64))
             bar.update(min(call_images, num_images - start))
     return np.concatenate(bounds)[:num_images]
+
+
+def _progress_bar(total: int, desc: str, unit: str, disable: bool | None):
+    """tqdm's bar (an extra of vae_jax: `pip install 'vae_jax[all]'`), or none without it."""
+    try:
+        import tqdm
+    except ModuleNotFoundError:
+        return contextlib.nullcontext(types.SimpleNamespace(update=lambda n: None))
+    return tqdm.tqdm(total=total, desc=desc, unit=unit, disable=disable)
 
 
 # --- Latent diagnostics --------------------------------------------------------------

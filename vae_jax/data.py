@@ -308,8 +308,35 @@ def read_tfds(name: str, data_dir: str, num_train: int = 0) -> Dataset:
 
 
 def to_unit_interval(images: jax.Array) -> jax.Array:
-    """uint8 pixels [..., pixels] -> float32 in [0, 1], same shape."""
-    return images.astype(jnp.float32) / 255.0
+    """Model inputs in [0, 1] from pixels [..., pixels] as `load_dataset` gives them.
+
+    Integer pixels (uint8, 0..255) become float32 / 255; floating-point images are taken
+    to be in [0, 1] already and pass unchanged. Every public function that scores images
+    (`train_step`, `Objective`, the bounds) calls it, so uint8 and float images give the
+    same numbers.
+    """
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        return images.astype(jnp.float32) / 255.0
+    return images
+
+
+def batches(images: np.ndarray, batch_size: int, key: jax.Array, *, drop_remainder: bool = True):
+    """One epoch of shuffled batches, for a training loop of your own over `train_step`.
+
+    Args:
+      images: [N, pixels], uint8 (as `load_dataset` gives them) or floats in [0, 1].
+      batch_size: images per batch.
+      key: the epoch's shuffle; use `jax.random.fold_in(key, epoch)` for a new order
+        each epoch, the same for the same epoch.
+      drop_remainder: skip the last N % batch_size images (one shape, one compilation).
+
+    Yields:
+      float32 [batch_size, pixels] in [0, 1] on the default device, each image once.
+    """
+    order = np.asarray(jax.random.permutation(key, len(images)))
+    stop = len(images) - len(images) % batch_size if drop_remainder else len(images)
+    for start in range(0, stop, batch_size):
+        yield to_unit_interval(jnp.asarray(images[order[start : start + batch_size]]))
 
 
 def binarize(key: jax.Array, images: jax.Array) -> jax.Array:

@@ -7,3 +7,34 @@ bug and keeps its traceback.
 
 class InputError(Exception):
     """A problem with what the user gave us; the message says what and what to do."""
+
+
+# What the commands need beyond the core install (the maths): `pip install 'vae_jax[all]'`.
+COMMAND_MODULES = ("absl", "matplotlib", "orbax.checkpoint", "tensorflow_datasets", "tqdm")
+
+
+def require_command_extra(command: str, as_command: bool) -> None:
+    """Stops `command` in one line when the [all] extra it needs is not installed.
+
+    `as_command`: it runs as a command (print the line, exit 2); else raise ImportError.
+    """
+    import importlib.util
+    import sys
+
+    def installed(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # a missing parent package
+            return False
+
+    missing = [name for name in COMMAND_MODULES if not installed(name)]
+    if not missing:
+        return
+    message = (
+        f"{command} needs the [all] extra, which is not installed (missing "
+        f"{', '.join(missing)}): pip install 'vae_jax[all]', or ./run.sh, which installs it"
+    )
+    if not as_command:
+        raise ImportError(message)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

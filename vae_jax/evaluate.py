@@ -8,6 +8,10 @@ loads a run's model and parameters (`vae_jax.load_model`), scores the test set w
 and carries its standard error over images.
 """
 
+from vae_jax.errors import require_command_extra
+
+require_command_extra("python -m vae_jax.evaluate", as_command=__name__ == "__main__")
+
 import json
 import os
 import sys
@@ -54,7 +58,7 @@ def evaluate_run(
     results: dict = {"num_images": len(test_images), "bounds": {}}
     for num_samples in sorted(sample_counts):
         start = time.perf_counter()
-        bound = bounds.estimate_bound(
+        neg_bound = bounds.estimate_negative_bound(
             model,
             params,
             test_images,
@@ -64,7 +68,7 @@ def evaluate_run(
             mesh=mesh,
             progress=show_progress,
         )
-        value, stderr = bounds.mean_and_stderr(-bound)
+        value, stderr = bounds.mean_and_stderr(neg_bound)
         results["bounds"][str(num_samples)] = {
             "neg_bound": value,
             "stderr": stderr,
@@ -186,7 +190,7 @@ def main(argv) -> None:
         sys.exit(2)
     folder = flag_values.workdir
     try:
-        model, params, config = workdir.load_model(folder, PARAMS_FILES[flag_values.params])
+        model, params, config, _ = workdir.load_model(folder, PARAMS_FILES[flag_values.params])
         with workdir.lock(folder):
             evaluate_workdir(
                 folder,

@@ -3,6 +3,10 @@
 One flag per `Config` field (see vae_jax/config.py for the settings and their help).
 """
 
+from vae_jax.errors import require_command_extra
+
+require_command_extra("python -m vae_jax.main", as_command=__name__ == "__main__")
+
 import dataclasses
 import os
 import signal

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vae_jax.data import to_unit_interval
 from vae_jax.losses import (
     DEFAULT_SCALE,
     RECONSTRUCTIONS,
@@ -105,7 +106,7 @@ class Objective:
         self, params, apply_fn, images: jax.Array, key: jax.Array, beta: float | jax.Array
     ) -> tuple[ElboTerms, PosteriorDraw]:
         """recon + beta * KL per image [batch] from one draw each, and that draw."""
-        variables = {"params": params}
+        variables, images = {"params": params}, to_unit_interval(images)
         draw = apply_fn(variables, images, key, method="sample_posterior")
         recon, log_prior = self.scores(variables, apply_fn, images, draw.z)
         kl = apply_fn(variables, draw, method="analytic_kl")
@@ -124,7 +125,7 @@ class Objective:
         """
         if self.bound == "elbo":
             return self.elbo(params, apply_fn, images, key, beta)
-        variables = {"params": params}
+        variables, images = {"params": params}, to_unit_interval(images)
         draw = apply_fn(variables, images, key, self.num_samples, method="sample_posterior")
         recon, log_prior = self.scores(variables, apply_fn, images, draw.z)
         kl = apply_fn(variables, draw, method="analytic_kl")
@@ -144,7 +145,7 @@ class Objective:
         Args:
           params: the model's `params` collection.
           apply_fn: the model's `apply`.
-          images: [batch, pixels] in [0, 1].
+          images: [batch, pixels], floats in [0, 1] or uint8 pixels (`data.to_unit_interval`).
           key: PRNG key of the z draws.
           beta: the KL weight of this step.
           weights: [batch], 1 for the images that count and 0 for padding; None: all 1.
@@ -190,7 +191,7 @@ class Objective:
         built from the encoder (the VampPrior) passes its gradient through the first
         term. One pass of the generative model; its vjp taken twice, once per weighting.
         """
-        variables = {"params": params}
+        variables, images = {"params": params}, to_unit_interval(images)
         draw = apply_fn(variables, images, key, self.num_samples, method="sample_posterior")
         fixed = {"params": jax.lax.stop_gradient(params)}
 

@@ -21,7 +21,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -217,8 +217,17 @@ def _write_atomically(path: str, content: str | bytes) -> None:
 # --- The trained model --------------------------------------------------------------------
 
 
-def load_model(workdir: str, params_file: str = PARAMS_FILE) -> tuple[Any, Any, Config]:
-    """A finished run's (model, params, config), read from its folder alone.
+class LoadedRun(NamedTuple):
+    """What `load_model` reads back: everything needed to use a trained model."""
+
+    model: Any  # the Flax module trained (`VAE`, `HierarchicalVAE`)
+    params: Any  # its `params` collection, on the host
+    config: Config  # the run's settings
+    image_shape: tuple[int, ...]  # (height, width, channels) of its images, e.g. (28, 28, 1)
+
+
+def load_model(workdir: str, params_file: str = PARAMS_FILE) -> LoadedRun:
+    """A finished run's (model, params, config, image_shape), read from its folder alone.
 
     The model is the one trained (its `dtype` included; `models.with_dtype(model, jnp.float32)`
     scores it in float32), and `params` the `params` collection of `params_file` (the
@@ -254,4 +263,4 @@ def load_model(workdir: str, params_file: str = PARAMS_FILE) -> tuple[Any, Any, 
             f"{paths[params_file]} does not fit the model of {paths[CONFIG_FILE]}; "
             "was one of them replaced?"
         )
-    return model, params, config
+    return LoadedRun(model, params, config, tuple(image_shape))
