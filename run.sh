@@ -23,6 +23,6 @@ if [ "${1:-}" = "test" ]; then
   "$python" -m ruff check vae_jax tests experiments
   "$python" -m pytest -q "$@"
 else
-  "$python" -m pip install --quiet --disable-pip-version-check -e .
+  "$python" -m pip install --quiet --disable-pip-version-check -e ".[all]"
   "$python" -m vae_jax.main --workdir="runs/$(date +%Y%m%d-%H%M%S)" "$@"
 fi
