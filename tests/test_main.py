@@ -81,6 +81,34 @@ def test_writes_every_output(finished_run, tfds_dir):
     assert (workdir / "loss_curves.png").stat().st_size > 10_000
 
 
+def _modification_times(folder):
+    return {
+        path: os.stat(os.path.join(path, name)).st_mtime_ns
+        for path, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_answered_from_its_config_and_left_untouched(finished_run, tfds_dir):
+    workdir, _ = finished_run
+    before = _modification_times(workdir)
+    again = run_main(*QUICK, f"--data_dir={tfds_dir}", f"--workdir={workdir}")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().splitlines() == [
+        f"finished: epoch 2 of 2 in {workdir}; --epochs=N to train longer, --overwrite to "
+        "start again"
+    ]
+    # A flag that changes the model: refused in one line, before the data are read.
+    flags = [f for f in QUICK if not f.startswith("--latent")]
+    refused = run_main(*flags, "--latent=8", "--data_dir=/nonexistent", f"--workdir={workdir}")
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.count("\n") == 1 and "--latent (checkpoint (4,), now (8,))" in refused.stderr
+    )
+    assert _modification_times(workdir) == before
+
+
 @pytest.mark.slow
 def test_same_flags_same_numbers(finished_run, tfds_dir, tmp_path):
     workdir, _ = finished_run

@@ -75,6 +75,9 @@ def main(argv: list[str]) -> None:
             from vae_jax import parallel
 
             parallel.initialize(config.coordinator_address, config.num_processes, config.process_id)
+        # A finished run or a refused resume is answered from config.json, before any data.
+        if run.finished_run(config) is not None:
+            return
         # Fetch missing data before Ctrl-C comes to mean "finish this epoch".
         with InterruptBeforeTraining():
             data.find_data(config.dataset, config.data_dir, config.download)

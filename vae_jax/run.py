@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import bounds, checkpoint, data, parallel, plots, train, workdir
-from vae_jax.config import Config
+from vae_jax.config import Config, check_compatible
 from vae_jax.errors import InputError
 from vae_jax.models import reconstruct_images, sample_images, with_dtype
 
@@ -47,6 +47,9 @@ def train_and_evaluate(
     last good checkpoint stays in place).
     """
     config.validate()
+    finished = finished_run(config)
+    if finished is not None:
+        return finished
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     resuming = checkpoint.has_checkpoint(config.workdir) and not config.overwrite
@@ -57,6 +60,38 @@ def train_and_evaluate(
     workdir.prepare(config, () if resuming or restarting else outputs)
     with _hold(config.workdir):
         return _train_and_evaluate(config, should_stop, mesh, resuming)
+
+
+def finished_run(config: Config) -> dict[str, Any] | None:
+    """Checks `config` against the run in its workdir from config.json, before any work.
+
+    Returns the last metrics record of a run finished there with these flags (at least
+    `config.epochs` epochs, its parameters written), saying so in one line and touching
+    no file; None when there is a run to train. Raises InputError when the workdir holds
+    a checkpoint of a run that these flags may not resume. Reads two small files only,
+    so the answer comes before any data is read or model built.
+    """
+    folder = config.workdir
+    if config.overwrite or not checkpoint.has_checkpoint(folder):
+        return None
+    saved, _ = workdir.read_config(folder)
+    check_compatible(saved, config)
+    metrics_path = os.path.join(folder, workdir.METRICS_FILE)
+    if not os.path.isfile(os.path.join(folder, workdir.PARAMS_FILE)) or not os.path.isfile(
+        metrics_path
+    ):
+        return None
+    history = workdir.read_metrics(metrics_path)
+    last_epoch = max(checkpoint.complete_epochs(folder))
+    if not history or min(last_epoch, history[-1]["epoch"]) < config.epochs:
+        return None
+    if parallel.is_writer():
+        print(
+            f"finished: epoch {history[-1]['epoch']} of {config.epochs} in {folder}; "
+            "--epochs=N to train longer, --overwrite to start again",
+            flush=True,
+        )
+    return {**history[-1], "finished": True}
 
 
 @contextlib.contextmanager
@@ -159,6 +194,7 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
     # Compile ahead of time, so compilation is timed apart from training (the stepwise
     # loop compiles its step on the first call, inside the first epoch's time).
     compile_start = time.perf_counter()
+    log(f"compiling the training epoch and the evaluation ({config.objective}) ...")
     if epoch_loop == "scan":
         run_epoch = train.train_epoch.lower(
             state, train_images, train_key, beta, **epoch_options
@@ -184,6 +220,7 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
         ).compile()
         best_valid_elbo = min((r["valid_elbo"] for r in history), default=np.inf)
     compile_time_s = time.perf_counter() - compile_start
+    log(f"compiled in {compile_time_s:.1f} s")
 
     for epoch in range(first_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
