@@ -39,41 +39,44 @@ def test_slice_is_the_head_of_full_mnist(mnist_idx, full_mnist_idx):
             np.testing.assert_array_equal(getattr(mnist_idx, name), full, err_msg=name)
 
 
-def _sorted_examples(images, labels):
-    """The (image, label) pairs of a split as sorted rows, to compare splits up to order."""
-    rows = np.concatenate([images, labels[:, None].astype(np.uint8)], axis=1)
-    return rows[np.lexsort(rows.T[::-1])]
-
-
-def assert_same_examples(tfds_dataset, idx_dataset):
-    # TFDS shuffled the records when it prepared the dataset: same examples, other order.
+def assert_same_arrays(tfds_dataset, idx_dataset):
+    # The IDX order restored from TFDS's own: the same examples at the same places.
     assert tfds_dataset.image_shape == idx_dataset.image_shape
-    for split in ("train", "test"):
-        tfds_images, idx_images = (
-            getattr(d, f"{split}_images") for d in (tfds_dataset, idx_dataset)
-        )
-        tfds_labels, idx_labels = (
-            getattr(d, f"{split}_labels") for d in (tfds_dataset, idx_dataset)
-        )
-        assert tfds_images.shape == idx_images.shape and tfds_images.dtype == idx_images.dtype
-        assert tfds_labels.dtype == idx_labels.dtype == np.int32
-        assert not np.array_equal(tfds_labels, idx_labels)  # the orders differ
-        np.testing.assert_array_equal(
-            _sorted_examples(tfds_images, tfds_labels),
-            _sorted_examples(idx_images, idx_labels),
-            err_msg=split,
-        )
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        tfds_values, idx_values = (getattr(d, name) for d in (tfds_dataset, idx_dataset))
+        assert tfds_values.dtype == idx_values.dtype
+        np.testing.assert_array_equal(tfds_values, idx_values, err_msg=name)
 
 
-def test_tfds_and_idx_readers_give_the_same_examples(mnist_tfds, mnist_idx):
-    assert_same_examples(mnist_tfds, mnist_idx)
+def test_tfds_and_idx_readers_give_the_same_arrays(mnist_tfds, mnist_idx):
+    assert_same_arrays(mnist_tfds, mnist_idx)
 
 
 @pytest.mark.slow
-def test_tfds_and_idx_readers_give_the_same_examples_on_all_of_mnist(full_data, full_mnist_idx):
+def test_tfds_and_idx_readers_give_the_same_arrays_on_all_of_mnist(full_data, full_mnist_idx):
     full_tfds = data.load_dataset("mnist", str(full_data / "tensorflow_datasets"))
     assert len(full_tfds.train_images) == 60000
-    assert_same_examples(full_tfds, full_mnist_idx)
+    assert_same_arrays(full_tfds, full_mnist_idx)
+    # So the same flags pick the same images: --num_train, the held-out --num_valid and
+    # the fixed test binarization.
+    subset = data.load_dataset("mnist", str(full_data / "tensorflow_datasets"), num_train=500)
+    np.testing.assert_array_equal(subset.train_images, full_mnist_idx.train_images[:500])
+    _, valid = data.split_validation(full_tfds, 10_000)
+    np.testing.assert_array_equal(valid, full_mnist_idx.train_images[-10_000:])
+    np.testing.assert_array_equal(
+        data.eval_inputs(full_tfds.test_images, "dynamic"),
+        data.eval_inputs(full_mnist_idx.test_images, "dynamic"),
+    )
+
+
+def test_tfds_positions_follow_tfds_s_own_shuffle():
+    from tensorflow_datasets.core import hashing
+
+    positions = data.tfds_positions_in_idx_order("test", 50)
+    assert sorted(positions) == list(range(50))
+    # Record p holds the example whose salted md5 is the p-th smallest.
+    hashes = [hashing.Hasher("test").hash_key(i) for i in range(50)]
+    assert [hashes[i] for i in np.argsort(positions)] == sorted(hashes)
 
 
 def test_num_train_keeps_the_first_images(tfds_dir, idx_dir, mnist_idx, mnist_tfds):

@@ -248,12 +248,38 @@ def _quiet_absl_warnings():
         logger.setLevel(level)
 
 
+# TFDS builders that key each example by its index in the IDX files (MNIST's
+# `_generate_examples` yields `index, record`), so that the IDX order can be restored.
+IDX_KEYED_TFDS = ("mnist", "fashion_mnist")
+
+
+def tfds_positions_in_idx_order(split: str, num_examples: int) -> np.ndarray:
+    """Where TFDS stores each example of an IDX-keyed split: [num_examples] int.
+
+    `positions[i]` is the TFDS record that holds example i of the IDX files. When it
+    prepares a dataset, TFDS writes a split's examples sorted by the md5 of their keys
+    salted with the split name (`tensorflow_datasets.core.hashing`, which TFDS keeps
+    fixed: changing it would reorder every dataset). Sorting the indices the same way
+    gives the order back, from the indices alone.
+    """
+    from tensorflow_datasets.core import hashing
+
+    hasher = hashing.Hasher(split)
+    hashes = [hasher.hash_key(index) for index in range(num_examples)]
+    stored = sorted(range(num_examples), key=hashes.__getitem__)  # record p holds stored[p]
+    positions = np.empty(num_examples, np.int64)
+    positions[stored] = np.arange(num_examples)
+    return positions
+
+
 def read_tfds(name: str, data_dir: str, num_train: int = 0) -> Dataset:
     """Reads `name`'s train and test splits through `tfds.data_source` (array_record).
 
-    Only the first `num_train` training records are decoded when it is non-zero. TFDS
-    keeps its own record order (shuffled when the dataset was prepared), so these are
-    not the first images of the IDX files: the same images, in another order.
+    For mnist and fashion_mnist the examples come back in the order of the IDX files
+    (`tfds_positions_in_idx_order`), so that a TFDS copy and the IDX files give the same
+    arrays, and the same flags select and binarize the same images from either. Other
+    datasets keep TFDS's order. Only the first `num_train` training examples are decoded
+    when it is non-zero.
     """
     import tensorflow_datasets as tfds  # Deferred: costs ~0.3 s and only this path needs it.
 
@@ -276,8 +302,11 @@ def read_tfds(name: str, data_dir: str, num_train: int = 0) -> Dataset:
         for split in ("train", "test"):
             source = sources[split]
             count = min(num_train, len(source)) if split == "train" and num_train else len(source)
+            wanted = range(count)
+            if name in IDX_KEYED_TFDS:
+                wanted = tfds_positions_in_idx_order(split, len(source))[:count].tolist()
             try:
-                records = source.__getitems__(range(count))
+                records = source.__getitems__(wanted)
             except Exception as e:
                 raise InputError(
                     f"cannot read {name}/{split} from {data_dir}: {e}; "
