@@ -53,6 +53,8 @@ RESUMABLE_CHANGES = frozenset(
         "download",
         "checkpoint_every",
         "keep_checkpoints",
+        "tensorboard",
+        "tensorboard_images_every",
         "on_nan",
         # How it runs: the process layout and the matmul precision (parameters are
         # float32 whatever --dtype) may change between the parts of a run.
@@ -227,6 +229,14 @@ class Config:
         "folder holding a checkpoint resumes from it.",
     )
     overwrite: bool = _field(False, "Start afresh, replacing an earlier run in --workdir.")
+    tensorboard: bool = _field(
+        True,
+        "Write each epoch's metrics, and the sample and reconstruction grids, as "
+        "TensorBoard event files in <workdir>/tensorboard (tensorboard --logdir runs).",
+    )
+    tensorboard_images_every: int = _field(
+        5, "Send the sample and reconstruction grids to TensorBoard every N epochs."
+    )
     checkpoint_every: int = _field(1, "Write a checkpoint every N epochs (and at the end).")
     keep_checkpoints: int = _field(3, "Keep the newest N checkpoints.")
     on_nan: str = _field(
@@ -314,6 +324,10 @@ class Config:
             (
                 self.checkpoint_every >= 1,
                 f"--checkpoint_every must be >= 1, got {self.checkpoint_every}",
+            ),
+            (
+                self.tensorboard_images_every >= 1,
+                f"--tensorboard_images_every must be >= 1, got {self.tensorboard_images_every}",
             ),
             (
                 self.keep_checkpoints >= 1,

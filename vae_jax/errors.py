@@ -10,7 +10,14 @@ class InputError(Exception):
 
 
 # What the commands need beyond the core install (the maths): `pip install 'vae_jax[all]'`.
-COMMAND_MODULES = ("absl", "matplotlib", "orbax.checkpoint", "tensorflow_datasets", "tqdm")
+COMMAND_MODULES = (
+    "absl",
+    "matplotlib",
+    "orbax.checkpoint",
+    "tensorboardX",
+    "tensorflow_datasets",
+    "tqdm",
+)
 
 
 def require_command_extra(command: str, as_command: bool) -> None:

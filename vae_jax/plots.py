@@ -35,7 +35,8 @@ def tile_images(images: np.ndarray, image_shape: Sequence[int], num_columns: int
     return mosaic
 
 
-def _save_mosaic(mosaic: np.ndarray, path: str) -> None:
+def save_mosaic(mosaic: np.ndarray, path: str) -> None:
+    """Writes a `tile_images` mosaic in [0, 1] as a PNG, upscaled `UPSCALE` times."""
     mosaic = np.clip(mosaic, 0.0, 1.0).repeat(UPSCALE, axis=0).repeat(UPSCALE, axis=1)
     if mosaic.shape[-1] == 1:
         matplotlib.image.imsave(path, mosaic[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
@@ -47,7 +48,7 @@ def save_image_grid(
     images: np.ndarray, image_shape: Sequence[int], path: str, num_columns: int = 8
 ) -> None:
     """Writes images [n, pixels] in [0, 1] as a grid PNG, `num_columns` per row."""
-    _save_mosaic(tile_images(images, image_shape, num_columns), path)
+    save_mosaic(tile_images(images, image_shape, num_columns), path)
 
 
 def save_reconstructions(
@@ -55,7 +56,7 @@ def save_reconstructions(
 ) -> None:
     """Writes originals [n, pixels] in one row and their reconstructions in the row below."""
     pairs = np.concatenate([np.asarray(originals), np.asarray(reconstructions)])
-    _save_mosaic(tile_images(pairs, image_shape, num_columns=len(originals)), path)
+    save_mosaic(tile_images(pairs, image_shape, num_columns=len(originals)), path)
 
 
 def save_loss_curves(history: Sequence[dict[str, Any]], path: str) -> None:
@@ -116,7 +117,7 @@ def save_interpolations(
         for a, b in zip(z_starts, z_ends, strict=True)
     ]
     decoded = _decode_probabilities(model, params, np.concatenate(rows))
-    _save_mosaic(tile_images(decoded, image_shape, num_steps), path)
+    save_mosaic(tile_images(decoded, image_shape, num_steps), path)
 
 
 def save_traversals(
@@ -129,7 +130,7 @@ def save_traversals(
     z = np.repeat(center[None], len(dims) * num_steps, axis=0)
     for row, dim in enumerate(dims):
         z[row * num_steps : (row + 1) * num_steps, dim] = values
-    _save_mosaic(tile_images(_decode_probabilities(model, params, z), image_shape, num_steps), path)
+    save_mosaic(tile_images(_decode_probabilities(model, params, z), image_shape, num_steps), path)
 
 
 def save_manifold(model, params, image_shape, path, grid_size: int = 20) -> None:
@@ -140,7 +141,7 @@ def save_manifold(model, params, image_shape, path, grid_size: int = 20) -> None
         raise ValueError(f"the manifold picture needs one 2-d latent, got {model.latent_sizes}")
     quantiles = [NormalDist().inv_cdf(q) for q in np.linspace(0.05, 0.95, grid_size)]
     z = np.array([[x, y] for y in reversed(quantiles) for x in quantiles], np.float32)
-    _save_mosaic(tile_images(_decode_probabilities(model, params, z), image_shape, grid_size), path)
+    save_mosaic(tile_images(_decode_probabilities(model, params, z), image_shape, grid_size), path)
 
 
 def latent_projection(means: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:

@@ -11,14 +11,14 @@ import functools
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import bounds, checkpoint, data, parallel, plots, train, workdir
+from vae_jax import bounds, checkpoint, data, parallel, plots, summaries, train, workdir
 from vae_jax.config import Config, check_compatible
 from vae_jax.errors import InputError
 from vae_jax.models import reconstruct_images, sample_images, with_dtype
@@ -28,7 +28,9 @@ NUM_RECONSTRUCTIONS = 16  # test images in reconstructions.png
 
 
 def train_and_evaluate(
-    config: Config, should_stop: Callable[[], bool] = lambda: False
+    config: Config,
+    should_stop: Callable[[], bool] = lambda: False,
+    writers: Sequence[summaries.Writer] = (),
 ) -> dict[str, Any]:
     """Trains a VAE as `config` says, writing metrics, pictures and parameters to its workdir.
 
@@ -39,6 +41,10 @@ def train_and_evaluate(
     bit for bit, as a run that was never interrupted. `should_stop` is polled after each
     epoch; when it returns True (in any process) the run writes a checkpoint and returns
     early. The workdir is locked for the whole run (`workdir.lock`).
+
+    Each epoch's metrics record also goes to `writers` (`vae_jax.summaries.Writer`: W&B,
+    MLflow, ...) and, with `config.tensorboard`, to TensorBoard event files, from
+    process 0 only.
 
     Returns the last epoch's metrics record, with `"stopped": True` after an early stop.
     Raises InputError, before any training and without touching an earlier run's files,
@@ -58,8 +64,8 @@ def train_and_evaluate(
     restarting = not resuming and workdir.is_same_run(config.workdir, config)
     outputs = (*workdir.OUTPUTS, workdir.BEST_PARAMS_FILE)
     workdir.prepare(config, () if resuming or restarting else outputs)
-    with _hold(config.workdir):
-        return _train_and_evaluate(config, should_stop, mesh, resuming)
+    with _hold(config.workdir), contextlib.ExitStack() as closing:
+        return _train_and_evaluate(config, should_stop, mesh, resuming, writers, closing)
 
 
 def finished_run(config: Config) -> dict[str, Any] | None:
@@ -109,7 +115,7 @@ def _hold(folder: str) -> Iterator[None]:
         yield
 
 
-def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
+def _train_and_evaluate(config, should_stop, mesh, resuming, writers, closing) -> dict[str, Any]:
     writer = parallel.is_writer()
     log = functools.partial(print, flush=True) if writer else lambda *_: None
     folder = config.workdir
@@ -143,8 +149,10 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
     parallel.barrier("workdir checked")
     if writer and resuming:
         checkpoint.remove_unfinished(folder)  # Its epoch is redone and saved again.
-    elif writer and os.path.isdir(checkpoint_dir):
-        shutil.rmtree(checkpoint_dir)  # --overwrite, or a restart's unfinished checkpoint
+    elif writer:  # --overwrite, or a restart: its unfinished checkpoint and curves go
+        for name in (checkpoint.CHECKPOINT_DIR, summaries.TENSORBOARD_DIR):
+            if os.path.isdir(os.path.join(folder, name)):
+                shutil.rmtree(os.path.join(folder, name))
     parallel.barrier("checkpoints tidied")
     checkpoints = checkpoint.manager(folder, config.keep_checkpoints)
     history, first_epoch = [], 1
@@ -222,6 +230,14 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
     compile_time_s = time.perf_counter() - compile_start
     log(f"compiled in {compile_time_s:.1f} s")
 
+    writers = list(writers) if writer else []
+    if writer and config.tensorboard:
+        tensorboard_dir = os.path.join(folder, summaries.TENSORBOARD_DIR)
+        tensorboard = summaries.TensorBoardWriter(
+            tensorboard_dir, first_epoch if resuming else None
+        )
+        writers.append(closing.enter_context(contextlib.closing(tensorboard)))
+
     for epoch in range(first_epoch, config.epochs + 1):
         epoch_start = time.perf_counter()
         state, train_metrics = run_epoch(
@@ -276,6 +292,19 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
                     os.path.join(folder, workdir.BEST_PARAMS_FILE), state.eval_params
                 )
         log(format_progress(record, config.epochs))
+        send_images = epoch % config.tensorboard_images_every == 0 or epoch == config.epochs
+        if writers and send_images:
+            grids = summary_images(
+                eval_model,
+                jax.device_get(state.eval_params),
+                host_test_images,
+                keys.sample,
+                dataset.image_shape,
+            )
+        for summary_writer in writers:
+            summary_writer.write_scalars(epoch, summaries.scalars_of(record))
+            if send_images:
+                summary_writer.write_images(epoch, grids)
         stop = parallel.any_process(should_stop())
         if stop or epoch % config.checkpoint_every == 0 or epoch == config.epochs:
             checkpoint.save(checkpoints, epoch, state, train_key, config)
@@ -304,19 +333,28 @@ def _train_and_evaluate(config, should_stop, mesh, resuming) -> dict[str, Any]:
     return history[-1]
 
 
+def summary_images(model, params, test_images, sample_key, image_shape) -> dict[str, np.ndarray]:
+    """The run's two grids, float32 [height, width, channels] in [0, 1].
+
+    `samples`: NUM_SAMPLES digits decoded from z ~ p(z), 8 a row; `reconstructions`:
+    NUM_RECONSTRUCTIONS test images above their reconstructions.
+    """
+    samples = sample_images(model, params, sample_key, NUM_SAMPLES)
+    originals = test_images[:NUM_RECONSTRUCTIONS]
+    pairs = np.concatenate([originals, np.asarray(reconstruct_images(model, params, originals))])
+    return {
+        "samples": plots.tile_images(samples, image_shape, num_columns=8),
+        "reconstructions": plots.tile_images(pairs, image_shape, len(originals)),
+    }
+
+
 def write_pictures(
     model, params, test_images, sample_key, image_shape, history, folder: str
 ) -> None:
     """samples.png, reconstructions.png and loss_curves.png in `folder`."""
-    samples = sample_images(model, params, sample_key, NUM_SAMPLES)
-    plots.save_image_grid(samples, image_shape, os.path.join(folder, workdir.SAMPLES_FILE))
-    originals = test_images[:NUM_RECONSTRUCTIONS]
-    plots.save_reconstructions(
-        originals,
-        reconstruct_images(model, params, originals),
-        image_shape,
-        os.path.join(folder, workdir.RECONSTRUCTIONS_FILE),
-    )
+    grids = summary_images(model, params, test_images, sample_key, image_shape)
+    plots.save_mosaic(grids["samples"], os.path.join(folder, workdir.SAMPLES_FILE))
+    plots.save_mosaic(grids["reconstructions"], os.path.join(folder, workdir.RECONSTRUCTIONS_FILE))
     plots.save_loss_curves(history, os.path.join(folder, workdir.LOSS_CURVES_FILE))
 
 
