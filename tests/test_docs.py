@@ -23,7 +23,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(python|sh)\n(.*?)^```", re.S | re.M)
-TAGS = ("[CI]", "[full run]", "[GPU]", "[TPU]", "[hosts]")
+TAGS = ("[CI]", "[full run]", "[GPU]", "[TPU]", "[hosts]", "[server]")
 TAG = re.compile(r"#\s*\[([^\]]+)\]")
 READS_MNIST = re.compile(r"load_dataset|download\(|train_and_evaluate|vae_jax\.(main|evaluate)")
 

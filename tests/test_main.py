@@ -46,7 +46,9 @@ def finished_run(tmp_path_factory, tfds_dir):
 @pytest.mark.slow
 def test_writes_every_output(finished_run, tfds_dir):
     workdir, result = finished_run
-    assert sorted(os.listdir(workdir)) == sorted((*OUTPUTS, "checkpoints", LOCK_FILE))
+    assert sorted(os.listdir(workdir)) == sorted(
+        (*OUTPUTS, "checkpoints", "tensorboard", LOCK_FILE)
+    )
     assert (workdir / LOCK_FILE).read_text() == ""  # released
     assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
