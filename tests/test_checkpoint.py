@@ -1,6 +1,7 @@
 """Runs that survive: exact resume after SIGKILL or SIGTERM, the divergence guard, and
 clear refusals of corrupt checkpoints and mismatched flags (files left untouched)."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -223,3 +224,72 @@ def test_a_save_cut_short_before_its_manifest_is_redone(idx_dir, tmp_path, unint
     assert result.returncode == 0, result.stderr
     assert "resuming from the checkpoint of epoch 2" in result.stdout
     assert_same_run(workdir, uninterrupted)
+
+
+@contextlib.contextmanager
+def small_filesystem(folder, size_mb):
+    """A tmpfs of `size_mb` at `folder` (root only: skipped with the reason otherwise)."""
+    folder.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"needs a tmpfs mount, which this machine refuses: {mount.stderr.strip()}")
+    try:
+        yield lambda new_size_mb: subprocess.run(
+            ["mount", "-o", f"remount,size={new_size_mb}m", str(folder)], check=True
+        )
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_same_command_resumes(idx_dir, tmp_path):
+    # The reference network's checkpoint (parameters and Adam's moments) is 12 MB, so a
+    # 24 MB filesystem fills at the third. The grids go to TensorBoard every epoch.
+    with small_filesystem(tmp_path / "small", 24) as resize:
+        workdir = tmp_path / "small" / "w"
+        args = [
+            sys.executable, "-m", "vae_jax.main", f"--data_dir={idx_dir}",
+            f"--workdir={workdir}", "--num_train=1024", "--epochs=6",
+            "--tensorboard_images_every=1",
+        ]  # fmt: skip
+        full = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert full.returncode == 1
+        assert full.stderr.count("\n") == 1 and "Traceback" not in full.stderr, full.stderr
+        assert "No space left on device" in full.stderr
+        assert "is intact" in full.stderr
+        names = os.listdir(workdir / "checkpoints")
+        assert not [name for name in names if "tmp" in name], names
+        resize(200)
+        again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import jax
+    import optax
+
+    from vae_jax import checkpoint
+    from vae_jax.config import Config
+    from vae_jax.errors import WriteError
+    from vae_jax.models import VAE
+    from vae_jax.train import create_train_state
+
+    state = create_train_state(VAE(latent=2, hidden_sizes=(8,)), jax.random.key(0), optax.sgd(0.1))
+    manager = checkpoint.manager(str(tmp_path))
+    checkpoint.save(manager, 1, state, jax.random.key(1), Config())
+
+    def fail_midway(epoch, args, force):  # as orbax does on a full disk
+        (tmp_path / "checkpoints" / f"{epoch}.orbax-checkpoint-tmp").mkdir()
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing ...: No space left on device")
+
+    monkeypatch.setattr(manager, "save", fail_midway)
+    with pytest.raises(WriteError, match=r"epoch 2 .*No space left on device.*epoch 1 is intact"):
+        checkpoint.save(manager, 2, state, jax.random.key(1), Config())
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+    assert checkpoint.complete_epochs(str(tmp_path)) == [1]

@@ -8,11 +8,16 @@ renames it when complete, so a crash mid-write leaves the previous one intact.
 Nothing here unpickles anything: arrays are stored by tensorstore, the rest as JSON.
 """
 
+import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -20,7 +25,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from vae_jax.config import Config, check_compatible, config_from_dict
-from vae_jax.errors import InputError
+from vae_jax.errors import InputError, WriteError
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "vae_jax_sha256.json"  # in each finished checkpoint folder
@@ -116,15 +121,27 @@ def save(
 ) -> None:
     """Writes the checkpoint of `epoch` (atomically) and prunes old ones."""
     meta = {"format_version": FORMAT_VERSION, "epoch": epoch, "config": dataclasses.asdict(config)}
-    checkpoints.save(
-        epoch,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_state_tree(state, train_key)),
-            meta=ocp.args.JsonSave(meta),
-        ),
-        force=True,
-    )
-    checkpoints.wait_until_finished()
+    try:
+        with _stderr_kept_unless_failed():
+            checkpoints.save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_state_tree(state, train_key)),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+            checkpoints.wait_until_finished()
+    except Exception as e:  # orbax and tensorstore raise ValueError, OSError, ...
+        # Orbax wrote into a temporary folder; drop it, so only finished checkpoints stay.
+        for partial in glob.glob(os.path.join(str(checkpoints.directory), f"{epoch}.orbax-*")):
+            shutil.rmtree(partial, ignore_errors=True)
+        kept = max(complete_epochs(os.path.dirname(str(checkpoints.directory))), default=None)
+        raise WriteError(
+            f"cannot write the checkpoint of epoch {epoch} in {checkpoints.directory} "
+            f"({_os_error(e)}); "
+            + (f"the checkpoint of epoch {kept} is intact" if kept else "no checkpoint yet")
+        ) from None
     if jax.process_index() != 0:
         return  # Process 0 alone writes files (orbax had every process take part).
     # The manifest marks the checkpoint complete and lets a resume detect corruption
@@ -135,6 +152,48 @@ def save(
     with open(manifest + ".tmp", "w") as f:
         json.dump(digests, f, indent=0, sort_keys=True)
     os.replace(manifest + ".tmp", manifest)
+
+
+@contextlib.contextmanager
+def _stderr_kept_unless_failed() -> Iterator[None]:
+    """Holds back what is written to file descriptor 2 in the block; lets it out unless
+    the block raises.
+
+    A failed orbax write (a full disk) makes each of its writer threads print a traceback,
+    from Python and from tensorstore's C++ callbacks alike, dozens in all; the error
+    raised here says it in one line instead. A save that succeeds shows its output.
+    """
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        saved_fd = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            if not failed:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    sys.stderr.buffer.write(text)
+                    sys.stderr.flush()
+
+
+def _os_error(error: BaseException) -> str:
+    """The OS's words for why a write failed, from orbax's or tensorstore's long message."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error)
+    for reason in ("No space left on device", "Permission denied", "Read-only file system"):
+        if reason in text:
+            return reason
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def restore_latest(

@@ -9,6 +9,11 @@ class InputError(Exception):
     """A problem with what the user gave us; the message says what and what to do."""
 
 
+class WriteError(Exception):
+    """A run's file could not be written (a full disk, no permission): the message names
+    the file and the OS error. `vae_jax.main` makes it one line and exit status 1."""
+
+
 # What the commands need beyond the core install (the maths): `pip install 'vae_jax[all]'`.
 COMMAND_MODULES = (
     "absl",

@@ -17,7 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from vae_jax.config import Config
-from vae_jax.errors import InputError
+from vae_jax.errors import InputError, WriteError
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -86,6 +86,19 @@ def main(argv: list[str]) -> None:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (WriteError, OSError) as e:
+        where = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else e
+        print(
+            f"error: {where}; free some space or fix the permissions of --workdir, then run "
+            "the same command to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        # Exit at once: orbax's and tensorstore's writer threads, stopped mid-write,
+        # would print tracebacks while the interpreter shuts down. Every file of ours is
+        # closed and the workdir's lock released by now.
+        os._exit(1)
     if record.get("stopped"):
         sys.exit(128 + stop.signal_number)
 
