@@ -105,9 +105,7 @@ def test_a_finished_run_is_answered_from_its_config_and_left_untouched(finished_
     flags = [f for f in QUICK if not f.startswith("--latent")]
     refused = run_main(*flags, "--latent=8", "--data_dir=/nonexistent", f"--workdir={workdir}")
     assert refused.returncode == 2
-    assert (
-        refused.stderr.count("\n") == 1 and "--latent (checkpoint (4,), now (8,))" in refused.stderr
-    )
+    assert refused.stderr.count("\n") == 1 and "--latent (checkpoint 4, now 8)" in refused.stderr
     assert _modification_times(workdir) == before
 
 

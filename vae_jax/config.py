@@ -444,9 +444,13 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 def check_compatible(saved: Config, config: Config) -> None:
     """Raises InputError naming the settings that a resumed run may not change."""
+
+    def as_flag(value):  # as it is written on the command line: 40,40 not (40, 40)
+        return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
     changed = [
-        f"--{field.name} (checkpoint {getattr(saved, field.name)}, "
-        f"now {getattr(config, field.name)})"
+        f"--{field.name} (checkpoint {as_flag(getattr(saved, field.name))}, "
+        f"now {as_flag(getattr(config, field.name))})"
         for field in dataclasses.fields(Config)
         if field.name not in RESUMABLE_CHANGES
         and getattr(saved, field.name) != getattr(config, field.name)
