@@ -143,7 +143,7 @@ def test_idx_folder_and_dynamic_binarization(idx_dir, tmp_path):
     "flags, message",
     [
         (["--beta=-1"], "--beta must be >= 0"),
-        (["--latent=0"], "--latent must be at least 1"),
+        (["--latent=0"], "--latent must be one or more sizes of at least 1"),
         (
             ["--num_train=100", "--batch_size=256"],
             "--batch_size=256 is larger than --num_train=100",
