@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh [FLAGS...]   create .venv, install vae_jax, train and evaluate (20 epochs of MNIST)
-# ./run.sh test [ARGS]  install with the test extra, lint, run the test suite (ARGS go to pytest)
+# ./run.sh test [ARGS]  install with the test extra, lint, run the test suite on every core
+#                       (ARGS go to pytest; -n 0 runs it in one process)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,7 +22,7 @@ if [ "${1:-}" = "test" ]; then
   shift
   "$python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
   "$python" -m ruff check vae_jax tests experiments
-  "$python" -m pytest -q "$@"
+  "$python" -m pytest -q -n auto --dist worksteal --durations=10 "$@"
 else
   "$python" -m pip install --quiet --disable-pip-version-check -e ".[all]"
   "$python" -m vae_jax.main --workdir="runs/$(date +%Y%m%d-%H%M%S)" "$@"

@@ -10,13 +10,39 @@ skipped, except under CI=true, where missing full data fails them.
 import contextlib
 import os
 import pathlib
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_COMPILATION_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """One JAX compilation cache for the session, shared by this process and its
+    subprocesses: the tests' many `python -m vae_jax.main` runs compile the same
+    programs, and XLA's compilation, not their few steps, is most of their time. Set
+    before any test module is imported, so before the first compilation."""
+    folder = tempfile.mkdtemp(prefix="vae_jax_tests_compiled_")
+    config.stash[_COMPILATION_CACHE] = folder
+    settings = {
+        "jax_compilation_cache_dir": folder,
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": -1,
+    }
+    for name, value in settings.items():
+        os.environ[name.upper()] = str(value)  # for the subprocesses
+        jax.config.update(name, value)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.stash.get(_COMPILATION_CACHE, ""), ignore_errors=True)
+
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SLICE = REPO / "tests" / "data" / "mnist_slice"

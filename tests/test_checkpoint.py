@@ -98,7 +98,7 @@ def test_sigkill_then_resume_is_identical(idx_dir, tmp_path, uninterrupted):
 
 
 @pytest.mark.slow
-def test_ema_resumes_after_sigkill_to_the_same_numbers(idx_dir, tmp_path):
+def test_ema_resumes_after_sigkill_to_the_same_numbers(idx_dir, tmp_path, uninterrupted):
     ema = ("--epochs=5", "--ema_decay=0.99")
     whole = tmp_path / "whole"
     assert run(idx_dir, whole, *ema).returncode == 0
@@ -115,10 +115,11 @@ def test_ema_resumes_after_sigkill_to_the_same_numbers(idx_dir, tmp_path):
     # The test losses are those of the average, and params.msgpack is the average: both
     # would differ if the restored average were not the saved one.
     assert_same_run(workdir, whole)
-    without = tmp_path / "without"
-    assert run(idx_dir, without, "--epochs=5").returncode == 0
-    assert losses(without)[-1]["test_loss"] != losses(whole)[-1]["test_loss"]
-    assert (without / "params.msgpack").read_bytes() != (whole / "params.msgpack").read_bytes()
+    # The average is what was scored: the same run's epochs without it (the first 5 of
+    # the uninterrupted 8, at a constant learning rate) score otherwise.
+    without = losses(uninterrupted)[:5]
+    assert [r["train_loss"] for r in without] == [r["train_loss"] for r in losses(whole)]
+    assert without[-1]["test_loss"] != losses(whole)[-1]["test_loss"]
 
 
 @pytest.mark.slow
@@ -130,15 +131,21 @@ def test_sigterm_writes_a_checkpoint_and_resumes(idx_dir, tmp_path, uninterrupte
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_epochs(workdir, 1, process)
+    # Sent once the run has compiled, before or during its first epoch (epochs take a
+    # fraction of a second here, so waiting for one to be logged could miss them all).
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("compiled in"):
+            break
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
+    stdout = "".join(seen) + stdout
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "SIGTERM: finishing this epoch" in stderr and "run the same command" in stdout
-    stopped_at = len(losses(workdir))
-    assert stopped_at < 8
+    assert len(losses(workdir)) == 1
     # Only the stop wrote a checkpoint (--checkpoint_every=100).
-    assert os.listdir(workdir / "checkpoints") == [str(stopped_at)]
+    assert os.listdir(workdir / "checkpoints") == ["1"]
     result = run(idx_dir, workdir, "--epochs=8")
     assert result.returncode == 0, result.stderr
     assert_same_run(workdir, uninterrupted)
