@@ -80,7 +80,7 @@ def main():
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += loss.item()
         epoch_times.append(time.perf_counter() - start)
         model.eval()
         with torch.no_grad():
