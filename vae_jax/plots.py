@@ -7,16 +7,30 @@ and no display is needed.
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.image
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from vae_jax.models import decode_probabilities, posterior
 
 UPSCALE = 3  # screen pixels per image pixel in the grids
 PAD = 2  # image pixels between grid cells
+
+
+# matplotlib is imported where a picture is drawn, not with this module: a run that is
+# refused, or found finished, answers without paying for it.
+def _figure(size: tuple[float, float]):
+    """A matplotlib Figure of `size` inches at 100 dpi, on its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _integer_epochs(axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def tile_images(images: np.ndarray, image_shape: Sequence[int], num_columns: int) -> np.ndarray:
@@ -37,6 +51,8 @@ def tile_images(images: np.ndarray, image_shape: Sequence[int], num_columns: int
 
 def save_mosaic(mosaic: np.ndarray, path: str) -> None:
     """Writes a `tile_images` mosaic in [0, 1] as a PNG, upscaled `UPSCALE` times."""
+    import matplotlib.image
+
     mosaic = np.clip(mosaic, 0.0, 1.0).repeat(UPSCALE, axis=0).repeat(UPSCALE, axis=1)
     if mosaic.shape[-1] == 1:
         matplotlib.image.imsave(path, mosaic[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
@@ -61,14 +77,13 @@ def save_reconstructions(
 
 def save_loss_curves(history: Sequence[dict[str, Any]], path: str) -> None:
     """Plots train and test loss (nats/image) against epoch from metrics records."""
-    figure = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _figure((6, 4))
     axes = figure.add_subplot()
     epochs = [record["epoch"] for record in history]
     for key, label in (("train_loss", "train"), ("test_loss", "test")):
         axes.plot(epochs, [record[key] for record in history], marker="o", label=label)
     axes.set_xlabel("epoch")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_epochs(axes)
     axes.set_ylabel("recon + beta * KL (nats / image)")
     axes.grid(alpha=0.3)
     axes.legend()
@@ -157,8 +172,7 @@ def latent_projection(means: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
 def save_latent_scatter(model, params, images, labels, path) -> None:
     """Posterior means of `images`, coloured by label (PCA-projected above 2 dimensions)."""
     points, (x_label, y_label) = latent_projection(_posterior_means(model, params, images))
-    figure = Figure(figsize=(6, 5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _figure((6, 5))
     axes = figure.add_subplot()
     scatter = axes.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7)
     figure.colorbar(scatter, ax=axes, label="label")
@@ -171,8 +185,7 @@ def save_latent_scatter(model, params, images, labels, path) -> None:
 
 def save_training_curves(history: Sequence[dict[str, Any]], path: str) -> None:
     """Train and test reconstruction, KL and total loss per epoch, in three panels."""
-    figure = Figure(figsize=(12, 3.6), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _figure((12, 3.6))
     epochs = [record["epoch"] for record in history]
     for i, (term, title) in enumerate(
         (("recon", "reconstruction -log p(x|z)"), ("kl", "KL(q(z|x) || p(z))"), ("loss", "total"))
@@ -185,7 +198,7 @@ def save_training_curves(history: Sequence[dict[str, Any]], path: str) -> None:
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.set_ylabel("nats / image")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _integer_epochs(axes)
         axes.grid(alpha=0.3)
         axes.legend()
     figure.tight_layout()
@@ -199,8 +212,7 @@ def save_elbo_curves(histories: Mapping[str, Sequence[dict[str, Any]]], path: st
     validation ELBO is marked; runs of over 100 epochs get a log-scale epoch axis, so
     that the early drop and the late tail both show.
     """
-    figure = Figure(figsize=(5 * len(histories), 3.8), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _figure((5 * len(histories), 3.8))
     for i, (name, history) in enumerate(histories.items()):
         axes = figure.add_subplot(1, len(histories), i + 1)
         epochs = np.array([record["epoch"] for record in history])
@@ -219,7 +231,7 @@ def save_elbo_curves(histories: Mapping[str, Sequence[dict[str, Any]]], path: st
         if epochs[-1] > 100:
             axes.set_xscale("log")
         else:
-            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _integer_epochs(axes)
         axes.set_title(name)
         axes.set_xlabel("epoch")
         axes.set_ylabel("negative ELBO (nats / image)")
@@ -233,8 +245,7 @@ def save_rate_distortion(
     rates: Sequence[float], distortions: Sequence[float], labels: Sequence[str], path: str
 ) -> None:
     """The rate-distortion curve: KL (rate) against reconstruction (distortion), in nats."""
-    figure = Figure(figsize=(5.5, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _figure((5.5, 4.5))
     axes = figure.add_subplot()
     order = np.argsort(rates)
     axes.plot(np.asarray(rates)[order], np.asarray(distortions)[order], marker="o")
@@ -256,8 +267,7 @@ def save_grids_side_by_side(
     num_columns: int = 4,
 ) -> None:
     """One titled grid per image set [n, pixels], left to right (e.g. samples per beta)."""
-    figure = Figure(figsize=(2.2 * len(image_sets), 2.6), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = _figure((2.2 * len(image_sets), 2.6))
     for i, (images, title) in enumerate(zip(image_sets, titles, strict=True)):
         axes = figure.add_subplot(1, len(image_sets), i + 1)
         mosaic = np.clip(tile_images(images, image_shape, num_columns), 0.0, 1.0)
