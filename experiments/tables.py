@@ -84,7 +84,7 @@ LONG_CHECKPOINT_EVERY = 50  # epochs; a long run cut short loses at most this ma
 # - a moving average of the parameters (decay 0.999, about 4 epochs' horizon), which
 #   is what is validated and scored: it smooths the last epochs' noise at no cost;
 # - IWAE k = 5 with DReG: a tighter bound to train on than the ELBO at 4x the cost of
-#   a step, and DReG keeps the encoder's gradient informative (85.38 against 85.58 for
+#   a step, and DReG keeps the encoder's gradient informative (85.32 against 85.58 for
 #   the ELBO in `long`, in under a third of the epochs).
 # The VampPrior rows follow Tomczak & Welling (2018): gated 300-300 MLPs, 500
 # pseudo-inputs, 40 latents a layer, and a linear KL warm-up over the first 100 epochs
