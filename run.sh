@@ -22,7 +22,11 @@ if [ "${1:-}" = "test" ]; then
   shift
   "$python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
   "$python" -m ruff check vae_jax tests experiments
-  "$python" -m pytest -q -n auto --dist worksteal --durations=10 "$@"
+  # One worker more than cores: the end-to-end tests spend part of their time starting
+  # processes and waiting on them, so a spare worker keeps the cores busy (2 cores:
+  # 591 s with 3 workers against 694 s with 2, docs/testing.md).
+  workers=$("$python" -c 'import os; print((os.cpu_count() or 1) + 1)')
+  "$python" -m pytest -q -n "$workers" --dist worksteal --durations=10 "$@"
 else
   "$python" -m pip install --quiet --disable-pip-version-check -e ".[all]"
   "$python" -m vae_jax.main --workdir="runs/$(date +%Y%m%d-%H%M%S)" "$@"

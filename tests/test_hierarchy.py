@@ -82,11 +82,11 @@ def test_two_layer_bounds_fall_with_k_for_every_k(trained):
     test_images = np.asarray(batch)
     by_k = {
         k: bounds.estimate_negative_bound(TWO_LAYERS, params, test_images, jax.random.key(7), k)
-        for k in (1, 5, 50, 500)
+        for k in (1, 10, 100)
     }
-    means = [by_k[k].mean() for k in (1, 5, 50, 500)]
+    means = [by_k[k].mean() for k in (1, 10, 100)]
     assert np.all(np.isfinite(means))
-    assert means == sorted(means, reverse=True)  # -L_1 >= -L_5 >= -L_50 >= -L_500
+    assert means == sorted(means, reverse=True)  # -L_1 >= -L_10 >= -L_100
     assert means[0] - means[-1] > 1.0  # a real gap at k = 1 that more samples close
     # With a VampPrior at the top as well.
     vamp = dataclasses.replace(TWO_LAYERS, prior=VampPrior(5, 784))

@@ -68,13 +68,13 @@ def test_iwae_with_one_sample_is_the_elbo(trained):
     np.testing.assert_allclose(terms.loss, elbo_mc, rtol=1e-6)
     # In expectation, the closed-form-KL ELBO the trainer uses: average over 2000 keys.
     keys = jax.random.split(jax.random.key(6), 2000)
-    iwae_1 = jax.vmap(lambda key: _iwae(params, batch, key, 1)[0].loss)(keys)
+    iwae_1 = jax.jit(jax.vmap(lambda key: _iwae(params, batch, key, 1)[0].loss))(keys)
 
     def trainer_elbo(key):
         logits, mean, logvar = SMALL.apply({"params": params}, batch, key)
         return negative_elbo(logits, batch, mean, logvar).loss
 
-    elbo = jax.vmap(trainer_elbo)(keys)
+    elbo = jax.jit(jax.vmap(trainer_elbo))(keys)
     stderr = jnp.std(iwae_1 - elbo, 0) / np.sqrt(len(keys))
     assert np.all(np.abs(jnp.mean(iwae_1 - elbo, 0)) < 4 * stderr)
 
@@ -84,7 +84,7 @@ def test_iwae_bound_tightens_with_k(trained):
     keys = jax.random.split(jax.random.key(8), 100)
     means = {}
     for k in (1, 5, 50):
-        values = jax.vmap(lambda key, k=k: _iwae(params, batch, key, k)[0].loss)(keys)
+        values = jax.jit(jax.vmap(lambda key, k=k: _iwae(params, batch, key, k)[0].loss))(keys)
         means[k] = (float(jnp.mean(values)), float(jnp.std(values.mean(1)) / np.sqrt(100)))
     # -L_k is nonincreasing in k (L_k nondecreasing), by more than the Monte Carlo error.
     assert means[1][0] - means[5][0] > 3 * (means[1][1] + means[5][1])

@@ -22,6 +22,7 @@ z is a tuple with one array per layer, each [*sample_shape, batch, size]; x is
 [batch, pixels] and broadcasts over the sample axes, which lead.
 """
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -466,6 +467,7 @@ def decode_probabilities(model, params, z) -> jax.Array:
     return jax.nn.sigmoid(model.apply({"params": params}, z, method="decode"))
 
 
+@functools.partial(jax.jit, static_argnames=("model", "num_images"))
 def sample_images(model, params, key: jax.Array, num_images: int) -> jax.Array:
     """Draws z ~ p(z), the model's prior -> probabilities sigmoid(decode(z)), [num_images, pixels].
 
@@ -475,6 +477,7 @@ def sample_images(model, params, key: jax.Array, num_images: int) -> jax.Array:
     return decode_probabilities(model, params, z)
 
 
+@functools.partial(jax.jit, static_argnames=("model",))
 def reconstruct_images(model, params, images: jax.Array) -> jax.Array:
     """Decodes each image's posterior means: [batch, image_size] -> probabilities, same shape."""
     mean, _ = posterior(model, params, images)
