@@ -22,10 +22,9 @@ if [ "${1:-}" = "test" ]; then
   shift
   "$python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
   "$python" -m ruff check vae_jax tests experiments
-  # One worker more than cores: the end-to-end tests spend part of their time starting
-  # processes and waiting on them, so a spare worker keeps the cores busy (2 cores:
-  # 591 s with 3 workers against 694 s with 2, docs/testing.md).
-  workers=$("$python" -c 'import os; print((os.cpu_count() or 1) + 1)')
+  # One worker more than the cores this process may use: the end-to-end tests spend part
+  # of their time starting processes and waiting on them (docs/testing.md).
+  workers=$("$python" -c 'import os; print(len(os.sched_getaffinity(0)) + 1 if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1) + 1)')
   "$python" -m pytest -q -n "$workers" --dist worksteal --durations=10 "$@"
 else
   "$python" -m pip install --quiet --disable-pip-version-check -e ".[all]"
