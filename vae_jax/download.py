@@ -17,9 +17,9 @@ import gzip
 import hashlib
 import http.client
 import os
+import secrets
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -323,16 +323,17 @@ def _fetch(url: str, remote: RemoteFile, folder: str, timeout_s: float, progress
     """Streams `url` into a temporary file in `folder`; moves it to its name once verified."""
     from tqdm import tqdm  # Deferred: only a download needs it.
 
+    temporary = os.path.join(folder, f".{remote.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    # The name is chosen before the file exists, and the `try` entered before it is
+    # created: a Ctrl-C at any point, even inside `open`, leaves no temporary file behind.
     try:
-        handle, temporary = tempfile.mkstemp(
-            dir=folder, prefix=f".{remote.name}.", suffix=TMP_SUFFIX
-        )
-    except OSError as e:
-        raise _WriteError(e.strerror) from None
-    try:
+        try:
+            out = open(temporary, "xb")  # noqa: SIM115 (closed by the `with` below)
+        except OSError as e:
+            raise _WriteError(e.strerror) from None
         request = urllib.request.Request(url, headers={"User-Agent": "vae_jax"})
         opener = urllib.request.build_opener(_NoDowngradeRedirects)
-        with os.fdopen(handle, "wb") as out, opener.open(request, timeout=timeout_s) as response:
+        with out, opener.open(request, timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
             digest, num_bytes = hashlib.sha256(), 0
@@ -367,7 +368,7 @@ def _fetch(url: str, remote: RemoteFile, folder: str, timeout_s: float, progress
                 f"published {remote.sha256[:12]}..."
                 + (" nor, decompressed, the pinned IDX digest" if remote.raw_sha256 else "")
             )
-        os.chmod(temporary, 0o644)  # mkstemp made it private to its owner
+        os.chmod(temporary, 0o644)  # readable by all, whatever the umask, like a cache
         os.replace(temporary, os.path.join(folder, remote.name))
     finally:
         with contextlib.suppress(FileNotFoundError):
