@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -161,7 +162,9 @@ def _stderr_kept_unless_failed() -> Iterator[None]:
 
     A failed orbax write (a full disk) makes each of its writer threads print a traceback,
     from Python and from tensorstore's C++ callbacks alike, dozens in all; the error
-    raised here says it in one line instead. A save that succeeds shows its output.
+    raised here says it in one line instead. Those threads go on printing after the
+    failure reaches us, so on failure fd 2 is held until they have been quiet for
+    `_QUIET_S` (at most `_QUIET_MAX_S`). A save that succeeds shows its output.
     """
     sys.stderr.flush()
     with tempfile.TemporaryFile() as held:
@@ -172,6 +175,7 @@ def _stderr_kept_unless_failed() -> Iterator[None]:
             yield
         except BaseException:
             failed = True
+            _wait_until_quiet(held.fileno())
             raise
         finally:
             sys.stderr.flush()
@@ -183,6 +187,20 @@ def _stderr_kept_unless_failed() -> Iterator[None]:
                 if text:
                     sys.stderr.buffer.write(text)
                     sys.stderr.flush()
+
+
+_QUIET_S = 0.5
+_QUIET_MAX_S = 5.0
+
+
+def _wait_until_quiet(fd: int) -> None:
+    """Returns once the file `fd` has not grown for `_QUIET_S`, or after `_QUIET_MAX_S`."""
+    deadline = time.monotonic() + _QUIET_MAX_S
+    size, quiet_since = os.fstat(fd).st_size, time.monotonic()
+    while time.monotonic() - quiet_since < _QUIET_S and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (grown := os.fstat(fd).st_size) != size:
+            size, quiet_since = grown, time.monotonic()
 
 
 def _os_error(error: BaseException) -> str:

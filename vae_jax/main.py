@@ -95,9 +95,10 @@ def main(argv: list[str]) -> None:
             flush=True,
         )
         sys.stdout.flush()
-        # Exit at once: orbax's and tensorstore's writer threads, stopped mid-write,
-        # would print tracebacks while the interpreter shuts down. Every file of ours is
-        # closed and the workdir's lock released by now.
+        # Exit at once, fd 2 closed to them: orbax's and tensorstore's writer threads,
+        # stopped mid-write, would print tracebacks while the interpreter shuts down.
+        # Every file of ours is closed and the workdir's lock released by now.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         os._exit(1)
     if record.get("stopped"):
         sys.exit(128 + stop.signal_number)
