@@ -411,7 +411,7 @@ def ladder_table():
             "ladder", name, LADDER_RUNS[name], LONG_CHECKPOINT_EVERY // 2, "best"
         )
         best = _best_epoch(history)
-        layers = "/".join(
+        layers = ", ".join(  # One "active/size" a layer, from the data up.
             f"{layer['active_units']}/{layer['latent']}" for layer in results["layers"]
         )
         command = f"`tables.py ladder --runs={name}`"
