@@ -100,9 +100,9 @@ _VAMP = dict(
 )
 LADDER_RUNS = {
     "seed": dataclasses.replace(_LADDER_BASE, epochs=800),
-    # 15 s an epoch on 2 CPU cores alone, 23 s beside another run (measured): 300
-    # epochs fit in about 2 hours when it shares the cores with the `seed` run for the
-    # first half; the paper's warm-up of 100 epochs kept.
+    # 11 to 15 s an epoch on 2 CPU cores alone, 22.5 s (median) beside the `seed` run
+    # (measured): 300 epochs fit in about 2 hours sharing the cores with it for most of
+    # them; the paper's warm-up of 100 epochs kept.
     "vamp": dataclasses.replace(_LADDER_BASE, latent=(40,), epochs=300, **_VAMP),
     # 26 s an epoch on 2 CPU cores (four gated MLPs, k = 5, 500 pseudo-inputs): 200
     # epochs, the warm-up scaled with them, are what fits in about 2 hours.
