@@ -10,8 +10,7 @@ decayed to 0 by a cosine over those epochs, then scores the last epoch's paramet
 -L_1 and -L_--nll_samples on the first --num_test binarized test images, the same images
 and draws for every screen. That is cheaper than the `fast` table of tables.py (all
 10,000 test images at k = 5000) by about 25x; the recipe it picks is then measured
-there. The table goes to stdout and, a line per
-screen as JSON, to --out.
+there. The table goes to stdout and, a line per screen as JSON, to --out.
 """
 
 import dataclasses
