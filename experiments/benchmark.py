@@ -1,6 +1,6 @@
 """Training throughput on this machine's devices: images/s, epoch time, FLOP/s, % of peak.
 
-    python experiments/benchmark.py --data_dir=../shared/data/tensorflow_datasets
+    python experiments/benchmark.py --data_dir=DATA_DIR
     python experiments/benchmark.py --synthetic --dtype=bfloat16   # GPU / TPU
 
 Times `train_epoch` (one compiled program per epoch, data parallel over every device)

@@ -1,6 +1,6 @@
 """A beta sweep trained as one vmapped program: rate-distortion curve and samples per beta.
 
-    python experiments/beta_sweep.py --data_dir=../shared/data/tensorflow_datasets
+    python experiments/beta_sweep.py --data_dir=DATA_DIR
 
 Trains S = len(--betas) models at once (`vae_jax.sweep`: vmap over parameters, Adam
 state, beta and seed inside one jitted epoch), evaluates each on the test set (negative

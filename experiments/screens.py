@@ -1,6 +1,6 @@
 """Equal-time screens of a training recipe: which settings reach the lowest NLL soonest?
 
-    python experiments/screens.py --data_dir=../shared/data/mnist_idx
+    python experiments/screens.py --data_dir=DATA_DIR
     python experiments/screens.py --runs=elbo_b256_1e-3,iwae5_b256_1e-3
 
 Each screen trains the seed network (784-512-256, latent 64, prior N(0, I)) on all

@@ -1,4 +1,5 @@
-"""Shared test setup: strict JAX, no network, and the data the tests read.
+"""Shared test setup: strict JAX, pinned matmul precision, no network, and the data the
+tests read.
 
 Every test runs on the slice of real MNIST shipped in tests/data/mnist_slice (the first
 2,048 training and 1,024 test images, as IDX files and as a TFDS data dir). The few that
@@ -8,6 +9,7 @@ skipped, except under CI=true, where missing full data fails them.
 """
 
 import contextlib
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -19,6 +21,16 @@ import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The tests check exact maths (closed forms, equalities between estimators) to 1e-5, and
+# golden values: they pin float32 matmuls at full precision, as JAX's own numerics tests
+# pin theirs (`jax.default_matmul_precision("float32")`). On a CPU this changes nothing;
+# on a GPU since Ampere the default is TF32, whose 10-bit mantissa fails those tolerances
+# (6 tests did on an H200 without it). Set in the environment too, for the runs the tests
+# start; the tests of --matmul_precision and of the scoring's own pin set it explicitly.
+MATMUL_PRECISION = "highest"
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = MATMUL_PRECISION
+jax.config.update("jax_default_matmul_precision", MATMUL_PRECISION)
 
 _COMPILATION_CACHE = pytest.StashKey[str]()
 
@@ -79,9 +91,20 @@ def idx_dir() -> pathlib.Path:
     return SLICE / "idx"
 
 
+def needs_tfds() -> None:
+    """Skips a test of the TFDS reader where tensorflow-datasets is not installed (a GPU
+    image may lack it; the commands run without it), except under CI=true, which has it."""
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        reason = "needs tensorflow-datasets (the TFDS reader), which is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI installs the [all] extra: {reason}")
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def tfds_dir() -> pathlib.Path:
     """The slice as a TFDS data dir (mnist 3.0.1, array_record)."""
+    needs_tfds()
     return SLICE / "tensorflow_datasets"
 
 

@@ -6,7 +6,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import SLICE_NUM_TEST, SLICE_NUM_TRAIN
+from conftest import SLICE_NUM_TEST, SLICE_NUM_TRAIN, needs_tfds
 
 from vae_jax import data
 from vae_jax.errors import InputError
@@ -54,6 +54,7 @@ def test_tfds_and_idx_readers_give_the_same_arrays(mnist_tfds, mnist_idx):
 
 @pytest.mark.slow
 def test_tfds_and_idx_readers_give_the_same_arrays_on_all_of_mnist(full_data, full_mnist_idx):
+    needs_tfds()
     full_tfds = data.load_dataset("mnist", str(full_data / "tensorflow_datasets"))
     assert len(full_tfds.train_images) == 60000
     assert_same_arrays(full_tfds, full_mnist_idx)
@@ -70,6 +71,7 @@ def test_tfds_and_idx_readers_give_the_same_arrays_on_all_of_mnist(full_data, fu
 
 
 def test_tfds_positions_follow_tfds_s_own_shuffle():
+    needs_tfds()
     from tensorflow_datasets.core import hashing
 
     positions = data.tfds_positions_in_idx_order("test", 50)

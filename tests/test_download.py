@@ -18,7 +18,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import SLICE, refusing_url
+from conftest import SLICE, needs_tfds, refusing_url
 from local_mirror import FILE_NAMES, Mirror, shared_files, slice_files
 
 from vae_jax import data, download
@@ -72,6 +72,7 @@ def folder_names(folder: pathlib.Path) -> list[str]:
 
 
 def test_pinned_digests_and_first_mirrors_are_the_ones_tfds_pins():
+    needs_tfds()
     import tensorflow_datasets
 
     checksums = pathlib.Path(tensorflow_datasets.__file__).parent / "url_checksums"

@@ -47,10 +47,10 @@ def train_then_evaluate(data_dir, workdir, train_flags, eval_flags):
 
 
 @pytest.mark.slow
-def test_evaluate_command_end_to_end(tfds_dir, tmp_path):
+def test_evaluate_command_end_to_end(idx_dir, tmp_path):
     workdir = tmp_path / "w"
     result, results = train_then_evaluate(
-        tfds_dir,
+        idx_dir,
         workdir,
         ["--epochs=1", "--latent=2", "--hidden_sizes=32", "--binarization=dynamic"],
         ["--num_images=300", "--num_samples=1,10,100"],

@@ -114,8 +114,8 @@ def test_config_builds_the_hierarchy_and_refuses_what_it_cannot():
     assert isinstance(model.prior, VampPrior) and model.prior.num_pseudo_inputs == 20
     from vae_jax.errors import InputError
 
-    with pytest.raises(InputError, match="need --architecture=mlp"):
-        Config(latent=(8, 4), architecture="conv").validate()
+    with pytest.raises(InputError, match="--architecture=conv has one or two stochastic"):
+        Config(latent=(8, 4, 2), architecture="conv").validate()
     with pytest.raises(InputError, match="--free_bits needs the closed-form KL"):
         Config(latent=(8, 4), free_bits=0.5).validate()
 

@@ -36,15 +36,15 @@ def run_main(*flags, cwd=None):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tfds_dir):
+def finished_run(tmp_path_factory, idx_dir):
     workdir = tmp_path_factory.mktemp("run") / "w"
-    result = run_main(*QUICK, f"--data_dir={tfds_dir}", f"--workdir={workdir}")
+    result = run_main(*QUICK, f"--data_dir={idx_dir}", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr
     return workdir, result
 
 
 @pytest.mark.slow
-def test_writes_every_output(finished_run, tfds_dir):
+def test_writes_every_output(finished_run, idx_dir):
     workdir, result = finished_run
     assert sorted(os.listdir(workdir)) == sorted(
         (*OUTPUTS, "checkpoints", "tensorboard", LOCK_FILE)
@@ -71,7 +71,7 @@ def test_writes_every_output(finished_run, tfds_dir):
     params = flax.serialization.from_bytes(template, (workdir / "params.msgpack").read_bytes())
     assert jax.tree.structure(params) == jax.tree.structure(template)
     # The last test ELBO is that of the saved parameters, on the run's fixed eval draws.
-    test_images = data.load_dataset("mnist", str(tfds_dir), num_train=1).test_images
+    test_images = data.load_dataset("mnist", str(idx_dir), num_train=1).test_images
     terms = bounds.elbo_terms(
         model, params, data.eval_inputs(test_images, "none"), run_keys(0).eval
     )
@@ -92,10 +92,10 @@ def _modification_times(folder):
 
 
 @pytest.mark.slow
-def test_a_finished_run_is_answered_from_its_config_and_left_untouched(finished_run, tfds_dir):
+def test_a_finished_run_is_answered_from_its_config_and_left_untouched(finished_run, idx_dir):
     workdir, _ = finished_run
     before = _modification_times(workdir)
-    again = run_main(*QUICK, f"--data_dir={tfds_dir}", f"--workdir={workdir}")
+    again = run_main(*QUICK, f"--data_dir={idx_dir}", f"--workdir={workdir}")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines() == [
         f"finished: epoch 2 of 2 in {workdir}; --epochs=N to train longer, --overwrite to "
@@ -110,10 +110,10 @@ def test_a_finished_run_is_answered_from_its_config_and_left_untouched(finished_
 
 
 @pytest.mark.slow
-def test_same_flags_same_numbers(finished_run, tfds_dir, tmp_path):
+def test_same_flags_same_numbers(finished_run, idx_dir, tmp_path):
     workdir, _ = finished_run
     again = tmp_path / "again"
-    assert run_main(*QUICK, f"--data_dir={tfds_dir}", f"--workdir={again}").returncode == 0
+    assert run_main(*QUICK, f"--data_dir={idx_dir}", f"--workdir={again}").returncode == 0
 
     def losses(folder):
         lines = (folder / "metrics.jsonl").read_text().splitlines()
@@ -149,22 +149,32 @@ def test_idx_folder_and_dynamic_binarization(idx_dir, tmp_path):
             "--batch_size=256 is larger than --num_train=100",
         ),
         (["--hidden_sizes=512,x"], "--hidden_sizes must be comma-separated integers"),
-        (["--dataset=not_a_dataset"], "--dataset=not_a_dataset is not a TFDS dataset name"),
         (["--reconstruction=poisson"], "value should be one of"),
+        (["--nosuchflag"], "Unknown command line flag 'nosuchflag'"),
+        (["--batch_size=7.5"], "flag --batch_size=7.5: invalid literal for int()"),
+        (["--epochs", "--latent=4"], "flag --epochs=--latent=4: invalid literal for int()"),
+        (["stray"], "unexpected arguments ['stray']"),
     ],
 )
-def test_bad_flags_exit_nonzero_with_one_line(flags, message, tfds_dir, tmp_path):
-    result = run_main(*flags, f"--data_dir={tfds_dir}", f"--workdir={tmp_path / 'w'}")
-    assert result.returncode != 0
+def test_bad_flags_exit_2_with_one_line(flags, message, idx_dir, tmp_path):
+    # absl's own parse errors included: one line and status 2, like every user mistake.
+    result = run_main(*flags, f"--data_dir={idx_dir}", f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "w" / "metrics.jsonl").exists()
+    assert not (tmp_path / "w").exists()
 
 
-def test_unwritable_workdir(tfds_dir, tmp_path):
+def test_an_unknown_tfds_dataset_is_one_line(tfds_dir, tmp_path):
+    result = run_main("--dataset=not_a_dataset", f"--data_dir={tfds_dir}", f"--workdir={tmp_path}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--dataset=not_a_dataset is not a TFDS dataset name" in result.stderr
+
+
+def test_unwritable_workdir(idx_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    result = run_main(f"--data_dir={tfds_dir}", f"--workdir={blocker / 'w'}")
+    result = run_main(f"--data_dir={idx_dir}", f"--workdir={blocker / 'w'}")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "is not a writable folder" in result.stderr
@@ -181,12 +191,12 @@ def test_missing_data_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither folder was made
 
 
-def test_an_earlier_run_is_kept(tfds_dir, tmp_path):
+def test_an_earlier_run_is_kept(idx_dir, tmp_path):
     workdir = tmp_path / "w"
     workdir.mkdir()
     (workdir / "metrics.jsonl").write_text('{"epoch": 1}\n')
     before = hashlib.sha256((workdir / "metrics.jsonl").read_bytes()).hexdigest()
-    result = run_main(f"--data_dir={tfds_dir}", f"--workdir={workdir}")
+    result = run_main(f"--data_dir={idx_dir}", f"--workdir={workdir}")
     assert result.returncode == 2
     assert "already holds a run" in result.stderr and "--overwrite" in result.stderr
     assert hashlib.sha256((workdir / "metrics.jsonl").read_bytes()).hexdigest() == before

@@ -30,11 +30,11 @@ def short_run(monkeypatch):
 
 
 @pytest.mark.slow
-def test_colab_notebook_runs_top_to_bottom(tmp_path, tfds_dir, monkeypatch, short_run):
-    monkeypatch.setenv("VAE_JAX_DATA_DIR", str(tfds_dir))
+def test_colab_notebook_runs_top_to_bottom(tmp_path, idx_dir, monkeypatch, short_run):
+    monkeypatch.setenv("VAE_JAX_DATA_DIR", str(idx_dir))
     outputs, text = run_notebook(tmp_path)
     assert "x cpu (cpu)" in text
-    assert f"data: {tfds_dir}" in text
+    assert f"data: {idx_dir}" in text
     assert "test negative ELBO after 1 epochs" in text
     assert "-L_10 (NLL)" in text
     images = [output for output in outputs[-1] if "image/png" in output.get("data", {})]

@@ -13,6 +13,7 @@ import pytest
 from vae_jax import data
 from vae_jax.config import Config
 from vae_jax.errors import InputError
+from vae_jax.likelihoods import Gaussian
 from vae_jax.losses import (
     bernoulli_nll,
     free_bits_kl,
@@ -26,7 +27,13 @@ from vae_jax.models import VAE, ConvDecoder, ConvEncoder, reparameterize
 from vae_jax.objective import Objective
 from vae_jax.schedules import BetaSchedule, beta_schedule, cyclical, linear_warmup
 from vae_jax.sweep import create_sweep_state, train_sweep_epoch
-from vae_jax.train import create_train_state, run_keys, train_epoch, train_step
+from vae_jax.train import (
+    create_train_state,
+    jitted_train_step,
+    run_keys,
+    train_epoch,
+    train_step,
+)
 
 SMALL = VAE(latent=8, hidden_sizes=(64, 32))
 
@@ -309,14 +316,13 @@ def my_bernoulli_nll(logits, images):
 @pytest.mark.parametrize("bound", ["elbo", "iwae"])
 def test_a_custom_likelihood_equal_to_the_bernoulli_gives_its_loss_and_gradients(trained, bound):
     params, batch = trained
-    num_samples = 5 if bound == "iwae" else 1
-    builtin = Objective(bound=bound, num_samples=num_samples)
-    custom = dataclasses.replace(builtin, reconstruction=my_bernoulli_nll)
-    (loss_b, metrics_b), grads_b = jax.value_and_grad(builtin.batch_loss, has_aux=True)(
+    objective = Objective(bound=bound, num_samples=5 if bound == "iwae" else 1)
+    custom = SMALL.clone(likelihood=my_bernoulli_nll)  # the model's own p(x|z): a function
+    (loss_b, metrics_b), grads_b = jax.value_and_grad(objective.batch_loss, has_aux=True)(
         params, SMALL.apply, batch, jax.random.key(3)
     )
-    (loss_c, metrics_c), grads_c = jax.value_and_grad(custom.batch_loss, has_aux=True)(
-        params, SMALL.apply, batch, jax.random.key(3)
+    (loss_c, metrics_c), grads_c = jax.value_and_grad(objective.batch_loss, has_aux=True)(
+        params, custom.apply, batch, jax.random.key(3)
     )
     np.testing.assert_allclose(loss_c, loss_b, rtol=1e-5)
     np.testing.assert_allclose(metrics_c["recon"], metrics_b["recon"], rtol=1e-5)
@@ -327,18 +333,31 @@ def test_a_custom_likelihood_equal_to_the_bernoulli_gives_its_loss_and_gradients
 
 def test_a_custom_likelihood_trains_to_the_builtins_loss_and_compiles_once(images):
     batch = data.binarize(jax.random.key(1), data.to_unit_interval(images[:128]))
-    custom = Objective(reconstruction=my_bernoulli_nll)
+    custom = SMALL.clone(likelihood=my_bernoulli_nll)
     states = {
-        name: create_train_state(SMALL, jax.random.key(0), optax.adam(1e-3))
-        for name in ("builtin", "custom")
+        "builtin": create_train_state(SMALL, jax.random.key(0), optax.adam(1e-3)),
+        "custom": create_train_state(custom, jax.random.key(0), optax.adam(1e-3)),
     }
-    size = train_step._cache_size()
+    size = jitted_train_step._cache_size()
     for step in range(20):
         key = jax.random.key(step)
         states["builtin"], builtin = train_step(states["builtin"], batch, key)
-        states["custom"], mine = train_step(states["custom"], batch, key, objective=custom)
+        states["custom"], mine = train_step(states["custom"], batch, key)
         np.testing.assert_allclose(mine["loss"], builtin["loss"], rtol=1e-4)
-    # One program for each objective: the function is a static argument, traced once.
-    assert train_step._cache_size() <= size + 2
+    # One program for each model: the function is part of a static argument, traced once.
+    assert jitted_train_step._cache_size() <= size + 2
+
+
+def test_the_deprecated_objective_likelihood_still_overrides_the_model_s(trained):
+    params, batch = trained
+    gaussian = SMALL.clone(likelihood=Gaussian(0.1))
+    with pytest.warns(DeprecationWarning, match="give the model its likelihood"):
+        old_style = Objective(reconstruction="gaussian")
+    # The same number as the model that carries the likelihood itself.
+    np.testing.assert_allclose(
+        old_style.batch_loss(params, SMALL.apply, batch, jax.random.key(3))[0],
+        Objective().batch_loss(params, gaussian.apply, batch, jax.random.key(3))[0],
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match="or a function"):
         Objective(reconstruction="poisson")

@@ -7,6 +7,7 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
 import tomllib
 
 import vae_jax
@@ -68,16 +69,82 @@ def test_a_train_step_and_a_bound_run_without_the_extra():
     assert result.stdout.split() == ["True", "True"]
 
 
+def _run_without(blocked: set[str], code: str, cwd=REPO):
+    """`code` in a fresh interpreter where the modules `blocked` cannot be imported."""
+    hide = WITHOUT_EXTRA.replace(
+        'BLOCKED = {"tensorflow_datasets", "array_record", "matplotlib", "tqdm"}',
+        f"BLOCKED = {sorted(blocked)!r}",
+    )
+    return subprocess.run(
+        [sys.executable, "-c", hide + code], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def _command(module: str, *flags: str) -> str:
+    """Code that runs `python -m module flags...`."""
+    return (
+        f"import runpy, sys; sys.argv = {[module, *flags]!r}; "
+        f"runpy.run_module({module!r}, run_name='__main__')"
+    )
+
+
 def test_the_commands_name_the_missing_extra_in_one_line():
     for command in ("vae_jax.main", "vae_jax.evaluate"):
-        code = WITHOUT_EXTRA + f"import runpy; runpy.run_module({command!r}, run_name='__main__')"
-        result = subprocess.run(
-            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
-        )
+        result = _run_without({"tensorflow_datasets", "matplotlib", "tqdm"}, _command(command))
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1, result.stderr
         assert "pip install 'vae_jax[all]'" in result.stderr
-        assert "matplotlib" in result.stderr and "tensorflow_datasets" in result.stderr
+        assert "matplotlib" in result.stderr and "tqdm" in result.stderr
+        assert "tensorflow_datasets" not in result.stderr  # only a TFDS data dir needs it
+
+
+@pytest.mark.slow
+def test_the_commands_run_on_the_idx_files_without_tfds(idx_dir, tfds_dir, tmp_path):
+    no_tfds = {"tensorflow_datasets", "array_record"}
+    run = ["--num_train=256", "--batch_size=128", "--epochs=1", "--latent=2", "--hidden_sizes=16"]
+    result = _run_without(
+        no_tfds,
+        _command("vae_jax.main", *run, f"--data_dir={idx_dir}", f"--workdir={tmp_path / 'w'}"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = _run_without(
+        no_tfds, _command("vae_jax.evaluate", f"--workdir={tmp_path / 'w'}", "--num_samples=1,5")
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # A TFDS data dir is the one thing that needs TFDS: one line saying what to do.
+    result = _run_without(
+        no_tfds,
+        _command("vae_jax.main", *run, f"--data_dir={tfds_dir}", f"--workdir={tmp_path / 't'}"),
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "needs tensorflow-datasets" in result.stderr and "IDX files" in result.stderr
+
+
+def test_tensorboardx_is_needed_only_for_tensorboard_files(idx_dir, tmp_path):
+    run = ["--num_train=256", "--batch_size=128", "--epochs=1", "--latent=2", "--hidden_sizes=16"]
+    where = [f"--data_dir={idx_dir}", f"--workdir={tmp_path / 'w'}"]
+    result = _run_without({"tensorboardX"}, _command("vae_jax.main", *run, *where))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "pass --notensorboard" in result.stderr and not (tmp_path / "w").exists()
+    result = _run_without(
+        {"tensorboardX"}, _command("vae_jax.main", *run, *where, "--notensorboard")
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_train_and_evaluate_refuses_at_once_on_the_core_install(idx_dir, tmp_path):
+    code = (
+        "import vae_jax\n"
+        f"config = vae_jax.Config(data_dir={str(idx_dir)!r}, workdir={str(tmp_path / 'w')!r})\n"
+        "try:\n"
+        "    vae_jax.train_and_evaluate(config)\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    result = _run_without({"matplotlib", "tqdm", "tensorflow_datasets", "array_record"}, code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("vae_jax.train_and_evaluate needs the [all] extra")
+    assert "matplotlib" in result.stdout and not (tmp_path / "w").exists()
 
 
 def _public_functions():
@@ -107,7 +174,8 @@ def test_one_likelihood_scale_default_everywhere():
         for parameter in parameters.values():
             if parameter.name in ("scale", "recon_scale"):
                 defaults[f"{name}({parameter.name})"] = parameter.default
-    # Gaussian, Laplace and their dispatcher; the ELBO; Objective and Config. (The IWAE
-    # bound takes the likelihood's values, not its parameters.)
-    assert len(defaults) == 6, defaults
+    # The Gaussian and Laplace losses, their dispatcher and the ELBO; the likelihoods
+    # Gaussian and Laplace, `named` and `resolve`; Objective and Config. (The IWAE bound
+    # takes the likelihood's values, not its parameters.)
+    assert len(defaults) == 10, defaults
     assert set(defaults.values()) == {DEFAULT_SCALE}, defaults

@@ -83,29 +83,29 @@ def _assert_same_training(run, reference):
 
 
 @pytest.fixture(scope="module")
-def one_device_run(tmp_path_factory, tfds_dir):
+def one_device_run(tmp_path_factory, idx_dir):
     workdir = tmp_path_factory.mktemp("one") / "w"
-    stdout = _finish(_main(workdir, tfds_dir, 1))
+    stdout = _finish(_main(workdir, idx_dir, 1))
     assert "devices: 1 x cpu in 1 process(es), 256 images per device" in stdout
     return _read_run(workdir)
 
 
 @pytest.mark.slow
-def test_eight_devices_train_like_one(tmp_path, tfds_dir, one_device_run):
-    stdout = _finish(_main(tmp_path / "w", tfds_dir, 8))
+def test_eight_devices_train_like_one(tmp_path, idx_dir, one_device_run):
+    stdout = _finish(_main(tmp_path / "w", idx_dir, 8))
     assert "devices: 8 x cpu in 1 process(es), 32 images per device" in stdout
     _assert_same_training(_read_run(tmp_path / "w"), one_device_run)
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path, tfds_dir, one_device_run):
+def test_two_processes_train_like_one(tmp_path, idx_dir, one_device_run):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     processes = [
         _main(
             tmp_path / "w",
-            tfds_dir,
+            idx_dir,
             1,
             "--distributed",
             f"--coordinator_address=localhost:{port}",
@@ -123,8 +123,8 @@ def test_two_processes_train_like_one(tmp_path, tfds_dir, one_device_run):
     assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
 
 
-def test_batch_size_must_divide_over_the_devices(tmp_path, tfds_dir):
-    process = _main(tmp_path / "w", tfds_dir, 8, "--batch_size=100")
+def test_batch_size_must_divide_over_the_devices(tmp_path, idx_dir):
+    process = _main(tmp_path / "w", idx_dir, 8, "--batch_size=100")
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 2
     assert stderr.strip().splitlines() == [

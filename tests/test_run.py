@@ -15,6 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vae_jax import bounds, data, workdir
@@ -318,3 +319,108 @@ def test_num_valid_logs_the_validation_elbo_and_keeps_the_best_parameters(idx_di
         model, params, data.eval_inputs(valid, "none"), jax.random.fold_in(run_keys(0).eval, 1)
     )
     assert float(np.mean(terms.recon + terms.kl)) == pytest.approx(min(valid_elbos), rel=1e-6)
+
+
+# --- Callbacks and early stopping ---------------------------------------------------------
+
+
+def test_callbacks_numbers_join_the_record_everywhere_and_survive_a_stop(idx_dir, tmp_path):
+    seen = []
+
+    def my_metric(epoch, record, params):
+        seen.append((epoch, record["epoch"], jax.tree.structure(params)))
+        return {"my_metric": 2 * epoch, "param_norm": optax.tree.norm(params)}
+
+    def quiet_on_odd_epochs(epoch, record, params):
+        return None if epoch % 2 else {"even": 1.0}
+
+    class Scalars:
+        def __init__(self):
+            self.steps = {}
+
+        def write_scalars(self, step, scalars):
+            self.steps[step] = dict(scalars)
+
+        def write_images(self, step, images):
+            pass
+
+        def close(self):
+            pass
+
+    config = Config(**{**TINY, "epochs": 3}, data_dir=str(idx_dir), workdir=str(tmp_path / "w"))
+    writer, callbacks = Scalars(), [my_metric, quiet_on_odd_epochs]
+    stopped = train_and_evaluate(
+        config, should_stop=lambda: len(seen) == 2, writers=[writer], callbacks=callbacks
+    )
+    assert stopped["stopped"] and stopped["my_metric"] == 4
+    metrics = os.path.join(config.workdir, workdir.METRICS_FILE)
+    assert [(r["epoch"], r["my_metric"]) for r in workdir.read_metrics(metrics)] == [(1, 2), (2, 4)]
+    assert writer.steps[2]["my_metric"] == 4 and writer.steps[2]["even"] == 1.0
+    assert "even" not in writer.steps[1]
+    # The same call without the stop resumes from the checkpoint of epoch 2.
+    train_and_evaluate(config, writers=[Scalars()], callbacks=callbacks)
+    records = workdir.read_metrics(metrics)
+    assert [(r["epoch"], r["my_metric"]) for r in records] == [(1, 2), (2, 4), (3, 6)]
+    assert all(np.isfinite(r["param_norm"]) and r["param_norm"] > 0 for r in records)
+    assert [epoch for epoch, _, _ in seen] == [1, 2, 3]
+    assert seen[0][2] == jax.tree.structure(workdir.load_model(config.workdir).params)
+
+
+def test_a_callback_that_returns_no_numbers_is_refused(idx_dir, tmp_path):
+    config = Config(**TINY, data_dir=str(idx_dir), workdir=str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="callback bad returned 'x': 'text'"):
+        train_and_evaluate(config, callbacks=[bad])
+    with pytest.raises(ValueError, match="'test_elbo', a number the record has"):
+        train_and_evaluate(
+            dataclasses.replace(config, overwrite=True),
+            callbacks=[lambda epoch, record, params: {"test_elbo": 0.0}],
+        )
+
+
+def bad(epoch, record, params):
+    return {"x": "text"}
+
+
+def test_early_stopping_ends_the_run_after_its_patience_and_is_finished(idx_dir, tmp_path):
+    # A learning rate too small to improve on epoch 1's validation ELBO... then patience 2:
+    # the run ends at epoch 3, writes its outputs, and a second call finds it finished.
+    settings = dict(num_valid=256, epochs=10, early_stop_patience=2, learning_rate=1e-9)
+    records = tiny_run(idx_dir, tmp_path, **settings)
+    best = int(np.argmin([r["valid_elbo"] for r in records])) + 1
+    assert records[-1]["epoch"] == best + 2 < 10 and records[-1]["early_stopped"] is True
+    assert all("early_stopped" not in r for r in records[:-1])
+    folder = tmp_path / "w"
+    assert (folder / workdir.PARAMS_FILE).exists() and (folder / workdir.SAMPLES_FILE).exists()
+    again = train_and_evaluate(
+        Config(**{**TINY, **settings}, data_dir=str(idx_dir), workdir=str(folder))
+    )
+    assert again["finished"] and again["epoch"] == records[-1]["epoch"]
+
+
+def test_early_stopping_waits_for_the_kl_warm_up():
+    from vae_jax.run import BestEpoch
+
+    config = Config(num_valid=10, early_stop_patience=3, beta_schedule="linear", warmup_epochs=5)
+    best = BestEpoch.of(config, [{"epoch": 1, "valid_elbo": 100.0}])
+    for epoch in range(2, 8):
+        best.update({"epoch": epoch, "valid_elbo": 101.0})
+        assert best.exhausted(epoch) == (epoch >= 8)  # 3 epochs past the warm-up's 5
+    best.update({"epoch": 8, "valid_elbo": 101.0})
+    assert best.exhausted(8)
+    with pytest.raises(InputError, match="add --num_valid"):
+        Config(early_stop_patience=5).validate()
+
+
+def test_no_function_of_the_package_is_over_60_lines():
+    import ast
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parents[1] / "vae_jax"
+    long = [
+        f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(package.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert long == []

@@ -9,10 +9,12 @@ import optax
 import pytest
 
 from vae_jax import data
+from vae_jax.likelihoods import named
 from vae_jax.models import VAE
 from vae_jax.objective import Objective
 from vae_jax.train import (
     create_train_state,
+    jitted_train_step,
     run_keys,
     train_epoch,
     train_epoch_stepwise,
@@ -64,16 +66,16 @@ def test_uint8_images_train_as_their_unit_interval_floats(images):
 def test_train_step_compiles_once(images):
     state = create_train_state(SMALL, jax.random.key(0), optax.adam(1e-3))
     batch = data.to_unit_interval(images[:64])
-    size = train_step._cache_size()
+    size = jitted_train_step._cache_size()
     state, _ = train_step(state, batch, jax.random.key(0), 0.25)  # The state is donated.
-    assert train_step._cache_size() == size + 1
+    assert jitted_train_step._cache_size() == size + 1
     for step in range(3):  # New keys, data and beta values: traced, not recompiled.
         state, _ = train_step(state, batch, jax.random.key(step), 0.5 + step)
-    assert train_step._cache_size() == size + 1
+    assert jitted_train_step._cache_size() == size + 1
 
 
-def _run_epochs(images, seed, num_epochs=2, **options):
-    state = create_train_state(SMALL, jax.random.key(seed), optax.adam(1e-3))
+def _run_epochs(images, seed, num_epochs=2, model=SMALL, **options):
+    state = create_train_state(model, jax.random.key(seed), optax.adam(1e-3))
     history = []
     for epoch in range(num_epochs):
         state, metrics = train_epoch(
@@ -122,8 +124,7 @@ def test_padding_does_not_change_the_loss_or_its_gradient(images):
 
 @pytest.mark.parametrize("reconstruction", ["gaussian", "laplace"])
 def test_other_likelihoods_train(images, reconstruction):
-    objective = Objective(reconstruction=reconstruction)
-    _, history = _run_epochs(images, seed=0, objective=objective)
+    _, history = _run_epochs(images, seed=0, model=SMALL.clone(likelihood=named(reconstruction)))
     assert np.isfinite(history[-1]["loss"])
     assert history[1]["loss"] < history[0]["loss"]
 
@@ -170,10 +171,13 @@ def test_golden_losses_after_one_and_ten_steps(mnist_idx):
     for step in range(1, 11):
         state, metrics = train_step(state, images, jax.random.fold_in(keys.train, step - 1))
         losses[step] = float(metrics["loss"])
+    # 5e-5 (0.01 nats of 250), not bit equality: on a GPU the same float32 maths (at the
+    # full precision the tests pin) sums in another order, and nine Adam steps magnify
+    # last-bit differences. Any change to the maths moves these by far more.
     np.testing.assert_allclose(
         [losses[1], losses[10]],
         [GOLDEN_LOSSES[1], GOLDEN_LOSSES[10]],
-        rtol=1e-5,
+        rtol=5e-5,
         err_msg=(
             "The numbers of a seed changed. Update GOLDEN_LOSSES only for a change meant to "
             "change them (initialisation, key layout, loss, optimiser, model), and say so in "

@@ -4,7 +4,10 @@ Where things are.
   The maths (pure functions, importable alone):
     models.py     VAE, HierarchicalVAE: the model interface; Encoder, Decoder, conv ones
     priors.py     StandardNormalPrior, VampPrior, MixtureOfGaussiansPrior
+    likelihoods.py  p(x|z) as a value of the model: Bernoulli, Gaussian, ... or a function
     losses.py     per-image likelihoods, KL, ELBO, IWAE bound, free bits
+    inputs.py     the one boundary for images: dtype, shape and values checked
+    precision.py  full float32 matmuls for every reported number; a choice for training
     objective.py  Objective: what a step minimises (static), and its batch loss
     schedules.py  KL-weight schedules;  optim.py: optimisers and learning-rate schedules
     train.py      create_train_state, train_step, train_epoch (one lax.scan per epoch)
@@ -12,7 +15,8 @@ Where things are.
     sweep.py      S models in one vmapped program;  parallel.py: devices and hosts
   Data: data.py (which copy to read; TFDS and IDX readers), download.py (verified fetch).
   The run: config.py (every setting), workdir.py (the run's files, lock, load_model),
-    checkpoint.py (orbax), plots.py, run.py (train_and_evaluate).
+    checkpoint.py (orbax), plots.py, summaries.py (writers), run.py (train_and_evaluate,
+    as named pieces, with callbacks), cli.py (the commands' flag errors).
   Commands: main.py (python -m vae_jax.main), evaluate.py (python -m vae_jax.evaluate).
 
 `import vae_jax` loads the maths only: `train_and_evaluate` (orbax, matplotlib) is
@@ -23,6 +27,7 @@ import importlib
 
 from vae_jax.config import Config
 from vae_jax.errors import InputError
+from vae_jax.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace
 from vae_jax.losses import (
     bernoulli_nll,
     gaussian_nll,
@@ -60,19 +65,23 @@ def __getattr__(name: str):
 
 __all__ = [
     "VAE",
+    "Bernoulli",
     "BetaSchedule",
     "Config",
+    "ContinuousBernoulli",
     "ConvDecoder",
     "ConvEncoder",
     "Decoder",
     "Encoder",
     "GatedDense",
+    "Gaussian",
     "HierarchicalVAE",
     "MixtureOfGaussiansPrior",
     "PosteriorDraw",
     "StandardNormalPrior",
     "VampPrior",
     "InputError",
+    "Laplace",
     "Objective",
     "bernoulli_nll",
     "create_train_state",

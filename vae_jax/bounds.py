@@ -12,6 +12,11 @@ bound on -log p(x), in nats, the sign of a loss), as do `losses.negative_iwae_bo
 Bernoulli likelihood it is a likelihood of binary images only: train and evaluate with
 `--binarization=dynamic` to quote it as an NLL.
 
+Every number here is computed with float32 matmuls at HIGHEST precision on every
+backend (`vae_jax.precision.scoring`), whatever the device's default: TF32 on a recent
+NVIDIA GPU would cost a likelihood nats. The images pass the input boundary of
+`vae_jax.inputs` first: uint8 or floats in [0, 1], [batch, pixels], checked values.
+
 Over a mesh, the images are split over its devices, and each device runs one compiled
 loop over its share. Image i draws its z from `fold_in(key, i)` (sample j of it from
 `fold_in(fold_in(key, i), j)`), so no number depends on the device count or the chunk
@@ -24,15 +29,17 @@ import itertools
 import math
 import types
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from vae_jax import parallel
-from vae_jax.data import to_unit_interval
+from vae_jax import parallel, precision
+from vae_jax.inputs import to_unit_interval
 from vae_jax.losses import ElboTerms, kl_per_latent, log_importance_weights
+from vae_jax.models import model_images
 from vae_jax.objective import Objective
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u|x]) above this is active.
@@ -75,10 +82,38 @@ def _map_images(fn, mesh: Mesh | None, max_chunk: int, images: jax.Array, image_
 
 
 @functools.partial(jax.jit, static_argnames=("model", "objective", "mesh", "chunk_size"))
-def elbo_terms(
+def jitted_elbo_terms(
     model,
     params,
     images: jax.Array,
+    key: jax.Array,
+    beta: float | jax.Array = 1.0,
+    *,
+    objective: Objective = Objective(),
+    mesh: Mesh | None = None,
+    chunk_size: int = 1000,
+) -> ElboTerms:
+    """`elbo_terms` as one jitted program, on images that passed the boundary (uint8 or
+    float32 [num_images, pixels]); for a run that compiles it ahead of time."""
+
+    def chunk_terms(chunk_images, image_ids):
+        image_keys = jax.vmap(functools.partial(jax.random.fold_in, key))(image_ids)
+
+        def one_image(image, image_key):  # a batch of one: its own key
+            terms, _ = objective.elbo(params, model.apply, image[None], image_key, beta)
+            return jax.tree.map(lambda term: term[0], terms)
+
+        return jax.vmap(one_image)(chunk_images, image_keys)
+
+    with precision.scoring():
+        image_ids = jnp.arange(images.shape[0])
+        return _map_images(chunk_terms, mesh, chunk_size, to_unit_interval(images), image_ids)
+
+
+def elbo_terms(
+    model,
+    params,
+    images,
     key: jax.Array,
     beta: float | jax.Array = 1.0,
     *,
@@ -90,28 +125,28 @@ def elbo_terms(
 
     Image i draws its z from `fold_in(key, i)`, so the result does not depend on `mesh`
     or `chunk_size`, which only bounds memory (`chunk_size` images per device at a time).
-    `loss` is -L_1 at beta = 1: these are negated bounds, in nats.
+    `loss` is -L_1 at beta = 1: these are negated bounds, in nats, scored with the
+    model's likelihood at full float32 precision.
 
     Args:
       model: the latent-variable model (static: its shape is part of the compiled program).
       params: its parameters (the `params` collection).
-      images: [num_images, pixels], floats in [0, 1] or uint8 pixels.
+      images: [num_images, pixels] (or [num_images, H, W, C]), uint8 pixels or floats in
+        [0, 1]; checked by `vae_jax.inputs.check_images`.
       key: PRNG key of the z draws; keep it fixed to compare epochs and runs.
-      objective: gives the likelihood (its bound and schedule are not used).
+      objective: only its deprecated `reconstruction` is used (its bound and schedule
+        are not).
       mesh: split the images over its devices; None computes where the inputs are.
+
+    Raises:
+      ValueError: images the model cannot score (see `vae_jax.inputs`).
     """
-
-    def chunk_terms(chunk_images, image_ids):
-        image_keys = jax.vmap(functools.partial(jax.random.fold_in, key))(image_ids)
-
-        def one_image(image, image_key):
-            terms, _ = objective.elbo(params, model.apply, image, image_key, beta)
-            return terms
-
-        return jax.vmap(one_image)(chunk_images, image_keys)
-
-    image_ids = jnp.arange(images.shape[0])
-    return _map_images(chunk_terms, mesh, chunk_size, images, image_ids)
+    images = model_images(model, images, likelihood=objective.likelihood(model))
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    return jitted_elbo_terms(
+        model, params, images, key, beta, objective=objective, mesh=mesh, chunk_size=chunk_size
+    )
 
 
 # --- Importance-weighted bounds ------------------------------------------------------
@@ -159,7 +194,7 @@ def negative_importance_weighted_bound(
         log_weights = jnp.where(sample_ids[:, None] < num_samples, log_weights, -jnp.inf)
         return jnp.logaddexp(log_sum, jax.nn.logsumexp(log_weights, axis=0)), None
 
-    initial = jnp.full(images.shape[:1], -jnp.inf, images.dtype)
+    initial = jnp.full(images.shape[:1], -jnp.inf, jnp.float32)
     log_sum, _ = jax.lax.scan(add_chunk, initial, jnp.arange(num_chunks))
     return math.log(num_samples) - log_sum
 
@@ -188,14 +223,31 @@ def model_negative_bound(
     mesh: Mesh | None = None,
     images_per_step: int | None = None,
 ) -> jax.Array:
-    """-L_k per image of a trained model with `objective`'s likelihood: [batch].
+    """-L_k per image of a trained model with its likelihood: [batch], one jitted program.
 
-    `images` are floats in [0, 1] or uint8 pixels (`data.to_unit_interval`).
-
-    With a mesh, the images are split over its devices; each device loops over its
-    share `images_per_step` images at a time (None: all at once).
+    `images` passed the boundary (`estimate_negative_bound` checks them): uint8 pixels
+    or float32 in [0, 1]. With a mesh, the images are split over its devices; each
+    device loops over its share `images_per_step` images at a time (None: all at once).
     """
-    variables, images = {"params": params}, to_unit_interval(images)
+    with precision.scoring():
+        return _model_negative_bound(
+            model,
+            params,
+            to_unit_interval(images),
+            image_ids,
+            key,
+            num_samples,
+            sample_chunk,
+            objective,
+            mesh,
+            images_per_step,
+        )
+
+
+def _model_negative_bound(
+    model, params, images, image_ids, key, num_samples, sample_chunk, objective, mesh, per_step
+):
+    variables = {"params": params}
 
     def log_weights(x, noise):
         draw = model.apply(variables, x, noise, method="posterior")
@@ -213,7 +265,7 @@ def model_negative_bound(
             sample_chunk,
         )
 
-    max_chunk = images_per_step or images.shape[0]
+    max_chunk = per_step or images.shape[0]
     return _map_images(chunk_bound, mesh, max_chunk, images, image_ids)
 
 
@@ -231,50 +283,69 @@ def estimate_negative_bound(
 ) -> np.ndarray:
     """-L_k for every image, [num_images], as float64 on the host (nats, lower is better).
 
-    Each device decodes at most `max_rows` samples at a time: `min(k, max_rows)` samples
-    of `max_rows // min(k, max_rows)` images. Without `progress`, all images go in one
-    compiled call; with it, in up to 20 equal calls, each advancing a tqdm bar (shown on
-    a terminal only).
+    Scored with the model's likelihood at full float32 precision. Each device decodes at
+    most `max_rows` samples at a time. Without `progress`, all images go in one compiled
+    call; with it, in up to 20 equal calls, each advancing a tqdm bar (on a terminal).
 
     Args:
-      images: [num_images, pixels], floats in [0, 1] or uint8 pixels.
+      images: [num_images, pixels] (or [num_images, H, W, C]), uint8 pixels or floats in
+        [0, 1]; checked by `vae_jax.inputs.check_images` (a ValueError if unfit).
+      num_samples: k >= 1.
+      objective: only its deprecated `reconstruction` is used.
       mesh: split the images over its devices (params replicated over it); None: one device.
     """
-    num_images = len(images)
+    for name, value in (("num_samples", num_samples), ("max_rows", max_rows)):
+        if not (isinstance(value, int | np.integer) and value >= 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    images = np.asarray(model_images(model, images, likelihood=objective.likelihood(model)))
     num_devices = 1 if mesh is None else mesh.devices.size
-    sample_chunk = min(num_samples, max_rows)
-    images_per_step = max(1, max_rows // sample_chunk)  # per device
-    num_calls = min(20 if progress else 1, -(-num_images // (num_devices * images_per_step)))
-    # Equal calls (one compiled program), each a whole number of images per device.
-    call_images = -(-num_images // (num_calls * num_devices)) * num_devices
-    padded = num_calls * call_images
+    plan = _plan_calls(len(images), num_devices, int(num_samples), int(max_rows), progress)
     images = np.concatenate(
-        [images, np.zeros((padded - num_images, *images.shape[1:]), images.dtype)]
+        [images, np.zeros((plan.padded - len(images), *images.shape[1:]), images.dtype)]
     )
-    image_ids = np.arange(padded)
+    image_ids = np.arange(plan.padded)
+    score = functools.partial(
+        model_negative_bound,
+        model,
+        params,
+        key=key,
+        num_samples=int(num_samples),
+        sample_chunk=plan.sample_chunk,
+        objective=objective,
+        mesh=mesh,
+        images_per_step=plan.images_per_step,
+    )
     bounds = []
-    with _progress_bar(
-        total=num_images, desc=f"-L_{num_samples}", unit="image", disable=None if progress else True
-    ) as bar:
-        for start in range(0, padded, call_images):
-            window = slice(start, start + call_images)
+    bar = _progress_bar(plan.num_images, f"-L_{num_samples}", "image", None if progress else True)
+    with bar as bar:
+        for start in range(0, plan.padded, plan.call_images):
+            window = slice(start, start + plan.call_images)
             inputs = (images[window], image_ids[window])
             if mesh is not None:
                 inputs = parallel.put_replicated(inputs, mesh)
-            bound = model_negative_bound(
-                model,
-                params,
-                *inputs,
-                key,
-                num_samples=num_samples,
-                sample_chunk=sample_chunk,
-                objective=objective,
-                mesh=mesh,
-                images_per_step=images_per_step,
-            )
-            bounds.append(np.asarray(jax.device_get(bound), np.float64))
-            bar.update(min(call_images, num_images - start))
-    return np.concatenate(bounds)[:num_images]
+            bounds.append(np.asarray(jax.device_get(score(*inputs)), np.float64))
+            bar.update(min(plan.call_images, plan.num_images - start))
+    return np.concatenate(bounds)[: plan.num_images]
+
+
+class _CallPlan(NamedTuple):
+    num_images: int
+    sample_chunk: int  # samples per decoder pass
+    images_per_step: int  # images per device per pass
+    call_images: int  # images per compiled call, a whole number per device
+    padded: int  # the images padded to a whole number of calls
+
+
+def _plan_calls(num_images, num_devices, num_samples, max_rows, progress) -> _CallPlan:
+    """How `estimate_negative_bound` splits its work: at most `max_rows` decoder rows per
+    device at a time, and equal calls of one compiled program (up to 20 with `progress`)."""
+    sample_chunk = min(num_samples, max_rows)
+    images_per_step = max(1, max_rows // sample_chunk)
+    num_calls = min(20 if progress else 1, -(-num_images // (num_devices * images_per_step)))
+    call_images = -(-num_images // (num_calls * num_devices)) * num_devices
+    return _CallPlan(
+        num_images, sample_chunk, images_per_step, call_images, num_calls * call_images
+    )
 
 
 def _progress_bar(total: int, desc: str, unit: str, disable: bool | None):

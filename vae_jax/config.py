@@ -5,6 +5,11 @@
 `Config` or plain arguments and never read flags. A Config builds what it describes
 (`build_model`, `build_objective`, `build_optimizer`), and `check_compatible` says which
 settings a resumed run may change.
+
+The fields are grouped by concern (`GROUPS`: model, objective, optimisation, data,
+devices, outputs), in that order; `--helpfull` lists the flags by group, and `validate`
+checks each group in a function of its own. The dataclass itself stays flat, one flag
+per field: config.json and `check_compatible` rely on the flat names.
 """
 
 import dataclasses
@@ -15,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import optim
+from vae_jax import likelihoods, optim
+from vae_jax.convolutional import conv_hierarchical_vae
 from vae_jax.errors import InputError
 from vae_jax.losses import DEFAULT_SCALE, RECONSTRUCTIONS
 from vae_jax.models import (
@@ -28,6 +34,7 @@ from vae_jax.models import (
     conv_image_side,
 )
 from vae_jax.objective import BOUNDS, GRADIENT_ESTIMATORS, Objective
+from vae_jax.precision import MATMUL_PRECISIONS
 from vae_jax.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vae_jax.schedules import SCHEDULES, beta_schedule
 
@@ -56,9 +63,11 @@ RESUMABLE_CHANGES = frozenset(
         "tensorboard",
         "tensorboard_images_every",
         "on_nan",
+        "early_stop_patience",  # when the run ends, not what an epoch computes
         # How it runs: the process layout and the matmul precision (parameters are
         # float32 whatever --dtype) may change between the parts of a run.
         "dtype",
+        "matmul_precision",
         "epoch_loop",
         "distributed",
         "coordinator_address",
@@ -68,8 +77,12 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-def _field(default, help: str, **metadata):
-    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+GROUPS = ("model", "objective", "optimisation", "data", "devices", "outputs")
+
+
+def _field(group: str, default, help: str, **metadata):
+    """A Config field of `group` (one of GROUPS): its default, and its flag's help."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, **metadata})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,98 +95,135 @@ class Config:
 
     # Model.
     latent: tuple[int, ...] = _field(
+        "model",
         (64,),
         "Size of each stochastic layer, from the data up: 64 is one layer (the reference); "
-        "40,40 a two-layer hierarchy (the VampPrior paper's HVAE, mlp only).",
+        "40,40 a two-layer hierarchy (the VampPrior paper's HVAE; with --architecture=conv "
+        "its ConvHVAE).",
     )
     prior: str = _field(
+        "model",
         "standard",
         "p(z) of the top layer: standard (N(0, I)); vamp (the VampPrior of Tomczak & "
         "Welling 2018, a mixture of the posteriors of --num_pseudo_inputs learned "
         "pseudo-inputs); mog (a learned mixture of --num_components Gaussians).",
         choices=PRIORS,
     )
-    num_pseudo_inputs: int = _field(500, "Pseudo-inputs of --prior=vamp.")
-    num_components: int = _field(10, "Components of --prior=mog.")
+    num_pseudo_inputs: int = _field("model", 500, "Pseudo-inputs of --prior=vamp.")
+    num_components: int = _field("model", 10, "Components of --prior=mog.")
     activation: str = _field(
+        "model",
         "relu",
         "Hidden layers of the mlp: relu, or gated (h = (W x + b) * sigmoid(V x + c), as in "
         "the VampPrior paper).",
         choices=tuple(HIDDEN_LAYERS),
     )
     hidden_sizes: tuple[int, ...] = _field(
-        (512, 256), "Encoder widths, comma-separated; the decoder mirrors them (mlp)."
+        "model", (512, 256), "Encoder widths, comma-separated; the decoder mirrors them (mlp)."
     )
     architecture: str = _field(
+        "model",
         "mlp",
-        "mlp (the reference network) or conv (strided convs; 28x28 one-channel images).",
+        "mlp (the reference network) or conv (strided convs; 28x28 one-channel images; with "
+        "--latent=a,b the VampPrior paper's gated ConvHVAE).",
         choices=ARCHITECTURES,
     )
     conv_channels: tuple[int, ...] = _field(
-        (32, 64), "Channels of the conv architecture's layers, comma-separated."
+        "model",
+        (32, 64),
+        "Channels of the conv architecture's layers, comma-separated. With two stochastic "
+        "layers (the ConvHVAE), one pair of gated convs per entry in each encoder, and the "
+        "decoder's convs have the last; --hidden_sizes' first width is its dense layers'.",
     )
     # Objective: recon + beta * KL, or the importance-weighted bound.
     objective: str = _field(
+        "objective",
         "elbo",
         "elbo (one z per image) or iwae (the k-sample bound of Burda et al. 2016).",
         choices=BOUNDS,
     )
-    num_samples: int = _field(1, "k, the z draws per image of --objective=iwae.")
+    num_samples: int = _field("objective", 1, "k, the z draws per image of --objective=iwae.")
     gradient_estimator: str = _field(
+        "objective",
         "standard",
         "standard, or dreg (with --objective=iwae): the encoder's doubly-reparameterized "
         "gradient (Tucker et al. 2019), whose signal does not fade as k grows.",
         choices=GRADIENT_ESTIMATORS,
     )
-    beta: float = _field(1.0, "Weight of the KL term; 1 gives the ELBO.")
+    beta: float = _field("objective", 1.0, "Weight of the KL term; 1 gives the ELBO.")
     beta_schedule: str = _field(
+        "objective",
         "constant",
         "constant; linear (KL warm-up from 0 over --warmup_epochs); cyclical (Fu et al. "
         "2019: cycles of --cycle_epochs, each rising over --cycle_ramp of it, then flat).",
         choices=SCHEDULES,
     )
-    warmup_epochs: float = _field(10.0, "Epochs of the linear warm-up of beta.")
-    cycle_epochs: float = _field(5.0, "Epochs per cycle of the cyclical beta schedule.")
-    cycle_ramp: float = _field(0.5, "Fraction of each cycle over which beta rises.")
+    warmup_epochs: float = _field("objective", 10.0, "Epochs of the linear warm-up of beta.")
+    cycle_epochs: float = _field(
+        "objective", 5.0, "Epochs per cycle of the cyclical beta schedule."
+    )
+    cycle_ramp: float = _field("objective", 0.5, "Fraction of each cycle over which beta rises.")
     free_bits: float = _field(
-        0.0, "Free bits: floor in nats on each latent dimension's batch-mean KL (0: off)."
+        "objective",
+        0.0,
+        "Free bits: floor in nats on each latent dimension's batch-mean KL (0: off).",
     )
     reconstruction: str = _field(
+        "objective",
         "bernoulli",
         "Likelihood p(x|z): bernoulli (BCE); continuous_bernoulli (a true density of "
         "grayscale pixels, Loaiza-Ganem & Cunningham 2019); gaussian; laplace.",
         choices=RECONSTRUCTIONS,
     )
     recon_scale: float = _field(
-        DEFAULT_SCALE, "Fixed std (gaussian) or scale (laplace) of p(x|z), in pixel units."
+        "objective",
+        DEFAULT_SCALE,
+        "Fixed std (gaussian) or scale (laplace) of p(x|z), in pixel units.",
     )
     # Optimisation.
-    epochs: int = _field(20, "Passes over the training set.")
-    batch_size: int = _field(256, "Images per optimiser step.")
+    epochs: int = _field("optimisation", 20, "Passes over the training set.")
+    batch_size: int = _field("optimisation", 256, "Images per optimiser step.")
     optimizer: str = _field(
-        "adam", "adam, or adamw (decoupled --weight_decay).", choices=optim.OPTIMIZERS
+        "optimisation",
+        "adam",
+        "adam, or adamw (decoupled --weight_decay).",
+        choices=optim.OPTIMIZERS,
     )
-    learning_rate: float = _field(1e-3, "Learning rate (the start of --lr_schedule).")
+    learning_rate: float = _field(
+        "optimisation", 1e-3, "Learning rate (the start of --lr_schedule)."
+    )
     lr_schedule: str = _field(
+        "optimisation",
         "constant",
         "constant; cosine (to 0 over --epochs); burda (Burda et al. 2016: 3^i epochs at "
         "--learning_rate * 10^(-i/7), i = 0..7).",
         choices=optim.LR_SCHEDULES,
     )
-    weight_decay: float = _field(1e-4, "Decoupled weight decay of --optimizer=adamw.")
+    weight_decay: float = _field(
+        "optimisation", 1e-4, "Decoupled weight decay of --optimizer=adamw."
+    )
     grad_clip: float = _field(
-        0.0, "Clip the gradient's global norm to this before the update; 0 is off."
+        "optimisation", 0.0, "Clip the gradient's global norm to this before the update; 0 is off."
     )
     ema_decay: float = _field(
+        "optimisation",
         0.0,
         "Keep an exponential moving average of the parameters with this decay (e.g. "
         "0.999); the validation ELBO, the saved parameters, pictures and evaluation use "
         "it. 0 is off.",
     )
-    seed: int = _field(0, "Seed of every random draw: same flags, same numbers.")
+    seed: int = _field("optimisation", 0, "Seed of every random draw: same flags, same numbers.")
+    early_stop_patience: int = _field(
+        "optimisation",
+        0,
+        "With --num_valid: end the run when the validation ELBO has not improved for N "
+        "epochs, counted after the KL warm-up of --beta_schedule=linear (the VampPrior "
+        "paper's look-ahead is 50); 0 is off.",
+    )
     # Data.
-    dataset: str = _field("mnist", "TFDS dataset name, e.g. mnist or fashion_mnist.")
+    dataset: str = _field("data", "mnist", "TFDS dataset name, e.g. mnist or fashion_mnist.")
     data_dir: str | None = _field(
+        "data",
         None,
         "A TFDS data dir, or a folder of the four MNIST-format IDX files (an empty or new "
         "folder is downloaded into). Default: TFDS's own ($TFDS_DATA_DIR, else "
@@ -181,30 +231,44 @@ class Config:
         "~/.cache/vae_jax).",
     )
     download: bool = _field(
+        "data",
         True,
         "Download mnist or fashion_mnist (SHA-256 verified) when no copy is found; "
         "--nodownload never touches the network. $VAE_JAX_MIRROR=URL replaces the mirrors.",
     )
     binarization: str = _field(
+        "data",
         "none",
         "none keeps grayscale pixels (the reference protocol); dynamic draws binary "
         "pixels afresh each epoch (the likelihood-benchmark protocol).",
         choices=BINARIZATIONS,
     )
-    num_train: int = _field(0, "Train on the first N training images only; 0 uses all.")
+    num_train: int = _field("data", 0, "Train on the first N training images only; 0 uses all.")
     num_valid: int = _field(
+        "data",
         0,
         "Hold out the last N training images: their ELBO is logged each epoch and the "
         "parameters of the best epoch are kept (best_params.msgpack); 0 is off.",
     )
     # Devices: data parallel over all of them (see vae_jax/parallel.py).
     dtype: str = _field(
+        "devices",
         "float32",
         "Matrix-multiply dtype. bfloat16 speeds up GPUs and TPUs; parameters, optimiser "
         "state and losses stay float32.",
         choices=DTYPES,
     )
+    matmul_precision: str = _field(
+        "devices",
+        "default",
+        "float32 matmul precision of training, in JAX's names: default (the device's: TF32 "
+        "on NVIDIA GPUs since Ampere, bfloat16 passes on TPUs, full float32 on a CPU), high, "
+        "or highest (full float32, about 1.4x slower at batch 256 on an H200). Every "
+        "reported bound and ELBO is scored at highest whatever this says.",
+        choices=MATMUL_PRECISIONS,
+    )
     epoch_loop: str = _field(
+        "devices",
         "auto",
         "scan: each epoch is one compiled program (lax.scan over the batches); steps: one "
         "compiled program per step; auto: steps for the conv architecture on a CPU, where "
@@ -212,34 +276,46 @@ class Config:
         choices=EPOCH_LOOPS,
     )
     distributed: bool = _field(
+        "devices",
         False,
         "Join a multi-process run (several hosts) with jax.distributed.initialize; the "
         "three flags below, or JAX's detection of TPU pods, SLURM, Open MPI and "
         "Kubernetes, say where the other processes are.",
     )
     coordinator_address: str = _field(
-        "", "host:port of process 0 (or $JAX_COORDINATOR_ADDRESS), with --distributed."
+        "devices", "", "host:port of process 0 (or $JAX_COORDINATOR_ADDRESS), with --distributed."
     )
-    num_processes: int = _field(0, "Number of processes, with --distributed; 0 to detect.")
-    process_id: int = _field(-1, "This process's rank, with --distributed; -1 to detect.")
+    num_processes: int = _field(
+        "devices", 0, "Number of processes, with --distributed; 0 to detect."
+    )
+    process_id: int = _field(
+        "devices", -1, "This process's rank, with --distributed; -1 to detect."
+    )
     # Outputs and resilience.
     workdir: str = _field(
+        "outputs",
         "runs/default",
         "Folder for metrics, pictures, params, config and checkpoints; a run started on a "
         "folder holding a checkpoint resumes from it.",
     )
-    overwrite: bool = _field(False, "Start afresh, replacing an earlier run in --workdir.")
+    overwrite: bool = _field(
+        "outputs", False, "Start afresh, replacing an earlier run in --workdir."
+    )
     tensorboard: bool = _field(
+        "outputs",
         True,
         "Write each epoch's metrics, and the sample and reconstruction grids, as "
         "TensorBoard event files in <workdir>/tensorboard (tensorboard --logdir runs).",
     )
     tensorboard_images_every: int = _field(
-        5, "Send the sample and reconstruction grids to TensorBoard every N epochs."
+        "outputs", 5, "Send the sample and reconstruction grids to TensorBoard every N epochs."
     )
-    checkpoint_every: int = _field(1, "Write a checkpoint every N epochs (and at the end).")
-    keep_checkpoints: int = _field(3, "Keep the newest N checkpoints.")
+    checkpoint_every: int = _field(
+        "outputs", 1, "Write a checkpoint every N epochs (and at the end)."
+    )
+    keep_checkpoints: int = _field("outputs", 3, "Keep the newest N checkpoints.")
     on_nan: str = _field(
+        "outputs",
         "stop",
         "On a non-finite loss or parameter: stop (keep the last good checkpoint) or "
         "skip_batch (drop that batch's update and count it).",
@@ -249,14 +325,28 @@ class Config:
     def validate(self) -> "Config":
         """Raises InputError naming the first invalid setting; returns self."""
         checks = [
+            *self._model_checks(),
+            *self._objective_checks(),
+            *self._optimisation_checks(),
+            *self._data_checks(),
+            *self._device_and_output_checks(),
+            *self._choice_checks(),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        return self
+
+    def _model_checks(self) -> list[tuple[bool, str]]:
+        return [
             (
                 len(self.latent) >= 1 and all(size >= 1 for size in self.latent),
                 f"--latent must be one or more sizes of at least 1, got "
                 f"{','.join(map(str, self.latent))}",
             ),
             (
-                len(self.latent) == 1 or self.architecture == "mlp",
-                "several stochastic layers (--latent=a,b) need --architecture=mlp",
+                len(self.latent) <= 2 or self.architecture == "mlp",
+                "--architecture=conv has one or two stochastic layers (--latent=a or a,b)",
             ),
             (
                 self.num_pseudo_inputs >= 1,
@@ -267,13 +357,18 @@ class Config:
                 f"--num_components must be at least 1, got {self.num_components}",
             ),
             (
-                0 <= self.ema_decay < 1,
-                f"--ema_decay must be in [0, 1) (0 is off), got {self.ema_decay}",
-            ),
-            (
                 len(self.hidden_sizes) >= 1 and all(w >= 1 for w in self.hidden_sizes),
                 f"--hidden_sizes must be one or more positive widths, got {self.hidden_sizes}",
             ),
+            (
+                len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
+                f"--conv_channels must be one or more positive counts, got {self.conv_channels}",
+            ),
+            (self.recon_scale > 0, f"--recon_scale must be > 0, got {self.recon_scale}"),
+        ]
+
+    def _objective_checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.beta >= 0, f"--beta must be >= 0, got {self.beta}"),
             (self.num_samples >= 1, f"--num_samples must be >= 1, got {self.num_samples}"),
             (
@@ -287,10 +382,7 @@ class Config:
             ),
             (self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.cycle_epochs > 0, f"--cycle_epochs must be > 0, got {self.cycle_epochs}"),
-            (
-                0 < self.cycle_ramp <= 1,
-                f"--cycle_ramp must be in (0, 1], got {self.cycle_ramp}",
-            ),
+            (0 < self.cycle_ramp <= 1, f"--cycle_ramp must be in (0, 1], got {self.cycle_ramp}"),
             (self.free_bits >= 0, f"--free_bits must be >= 0, got {self.free_bits}"),
             (
                 self.free_bits == 0 or self.objective == "elbo",
@@ -300,11 +392,10 @@ class Config:
                 self.free_bits == 0 or (self.prior == "standard" and len(self.latent) == 1),
                 "--free_bits needs the closed-form KL: one layer and --prior=standard",
             ),
-            (
-                len(self.conv_channels) >= 1 and all(c >= 1 for c in self.conv_channels),
-                f"--conv_channels must be one or more positive counts, got {self.conv_channels}",
-            ),
-            (self.recon_scale > 0, f"--recon_scale must be > 0, got {self.recon_scale}"),
+        ]
+
+    def _optimisation_checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}"),
@@ -314,6 +405,23 @@ class Config:
                 f"--weight_decay={self.weight_decay} is for --optimizer=adamw; add that flag",
             ),
             (self.grad_clip >= 0, f"--grad_clip must be >= 0 (0 is off), got {self.grad_clip}"),
+            (
+                0 <= self.ema_decay < 1,
+                f"--ema_decay must be in [0, 1) (0 is off), got {self.ema_decay}",
+            ),
+            (
+                self.early_stop_patience >= 0,
+                f"--early_stop_patience must be >= 0 (0 is off), got {self.early_stop_patience}",
+            ),
+            (
+                self.early_stop_patience == 0 or self.num_valid > 0,
+                "--early_stop_patience watches the validation ELBO: add --num_valid=N",
+            ),
+        ]
+
+    def _data_checks(self) -> list[tuple[bool, str]]:
+        return [
+            (bool(self.dataset), "--dataset must name a TFDS dataset, e.g. mnist"),
             (self.num_train >= 0, f"--num_train must be >= 0 (0 = all), got {self.num_train}"),
             (self.num_valid >= 0, f"--num_valid must be >= 0 (0 = off), got {self.num_valid}"),
             (
@@ -321,6 +429,20 @@ class Config:
                 f"--batch_size={self.batch_size} is larger than --num_train={self.num_train}; "
                 "lower --batch_size or raise --num_train",
             ),
+        ]
+
+    def _device_and_output_checks(self) -> list[tuple[bool, str]]:
+        return [
+            (
+                self.num_processes >= 0 and self.process_id >= -1,
+                "--num_processes must be >= 0 and --process_id >= -1 (0 and -1 detect them)",
+            ),
+            (
+                self.process_id < max(self.num_processes, 1) or not self.num_processes,
+                f"--process_id={self.process_id} must be below "
+                f"--num_processes={self.num_processes}",
+            ),
+            (bool(self.workdir), "--workdir must name a folder"),
             (
                 self.checkpoint_every >= 1,
                 f"--checkpoint_every must be >= 1, got {self.checkpoint_every}",
@@ -333,27 +455,16 @@ class Config:
                 self.keep_checkpoints >= 1,
                 f"--keep_checkpoints must be >= 1, got {self.keep_checkpoints}",
             ),
-            (
-                self.num_processes >= 0 and self.process_id >= -1,
-                "--num_processes must be >= 0 and --process_id >= -1 (0 and -1 detect them)",
-            ),
-            (
-                self.process_id < max(self.num_processes, 1) or not self.num_processes,
-                f"--process_id={self.process_id} must be below "
-                f"--num_processes={self.num_processes}",
-            ),
-            (bool(self.dataset), "--dataset must name a TFDS dataset, e.g. mnist"),
-            (bool(self.workdir), "--workdir must name a folder"),
         ]
+
+    def _choice_checks(self) -> list[tuple[bool, str]]:
+        checks = []
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
             value = getattr(self, field.name)
             if choices and value not in choices:
                 checks.append((False, f"--{field.name}={value} is not one of {', '.join(choices)}"))
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-        return self
+        return checks
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -378,25 +489,34 @@ class Config:
             "mog": lambda: MixtureOfGaussiansPrior(top, self.num_components),
         }[self.prior]()
         dtype, hidden_layer = jnp.dtype(self.dtype), HIDDEN_LAYERS[self.activation]
-        if len(self.latent) > 1:
-            return HierarchicalVAE(
-                self.latent, self.hidden_sizes, image_size, dtype, hidden_layer, prior=prior
+        likelihood = likelihoods.named(self.reconstruction, self.recon_scale)
+        if len(self.latent) > 1 and self.architecture == "conv":
+            return conv_hierarchical_vae(
+                self.latent,
+                image_size=image_size,
+                channels=self.conv_channels,
+                hidden=self.hidden_sizes[0],
+                dtype=dtype,
+                prior=prior,
+                likelihood=likelihood,
             )
+        mlp = (self.hidden_sizes, image_size, dtype, hidden_layer)
+        if len(self.latent) > 1:
+            return HierarchicalVAE(self.latent, *mlp, prior=prior, likelihood=likelihood)
         modules = {}
         if self.architecture == "conv":
             modules = dict(
                 encoder=ConvEncoder(top, image_size, self.conv_channels, dtype),
                 decoder=ConvDecoder(image_size, self.conv_channels, dtype),
             )
-        return VAE(top, self.hidden_sizes, image_size, dtype, hidden_layer, prior=prior, **modules)
+        return VAE(top, *mlp, prior=prior, likelihood=likelihood, **modules)
 
     def build_objective(self, steps_per_epoch: int) -> Objective:
-        """The training objective, with the beta schedule converted to steps."""
+        """The training objective, with the beta schedule converted to steps (the
+        likelihood is the model's: `build_model`)."""
         return Objective(
             bound=self.objective,
             num_samples=self.num_samples,
-            reconstruction=self.reconstruction,
-            recon_scale=self.recon_scale,
             free_bits=self.free_bits,
             gradient_estimator=self.gradient_estimator,
             beta_schedule=beta_schedule(

@@ -23,6 +23,7 @@ import numpy as np
 
 from vae_jax.download import DATASETS, cache_dir, download
 from vae_jax.errors import InputError
+from vae_jax.inputs import check_batch, to_unit_interval  # noqa: F401 (part of data's API)
 
 IDX_FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -253,6 +254,20 @@ def _quiet_absl_warnings():
 IDX_KEYED_TFDS = ("mnist", "fashion_mnist")
 
 
+def _import_tfds(data_dir: str):
+    """tensorflow_datasets, imported only to read a TFDS data dir (an extra: the commands
+    run without it on the IDX files); its absence is an InputError saying what to do."""
+    try:
+        import tensorflow_datasets as tfds  # Deferred: costs ~0.3 s, and only this path needs it.
+    except ModuleNotFoundError:
+        raise InputError(
+            f"reading the TFDS data dir {data_dir} needs tensorflow-datasets, which is not "
+            "installed: pip install tensorflow-datasets array-record, or point --data_dir at a "
+            "folder of the four MNIST IDX files (or leave it unset to download them)"
+        ) from None
+    return tfds
+
+
 def tfds_positions_in_idx_order(split: str, num_examples: int) -> np.ndarray:
     """Where TFDS stores each example of an IDX-keyed split: [num_examples] int.
 
@@ -281,8 +296,7 @@ def read_tfds(name: str, data_dir: str, num_train: int = 0) -> Dataset:
     datasets keep TFDS's order. Only the first `num_train` training examples are decoded
     when it is non-zero.
     """
-    import tensorflow_datasets as tfds  # Deferred: costs ~0.3 s and only this path needs it.
-
+    tfds = _import_tfds(data_dir)
     how_to_fix = (
         f"point --data_dir at a TFDS data dir holding {name} prepared as array_record, or "
         f"at a folder of the four IDX files (vae_jax downloads {' and '.join(DATASETS)} only)"
@@ -336,19 +350,6 @@ def read_tfds(name: str, data_dir: str, num_train: int = 0) -> Dataset:
 # --- Pixels to model inputs ----------------------------------------------------------
 
 
-def to_unit_interval(images: jax.Array) -> jax.Array:
-    """Model inputs in [0, 1] from pixels [..., pixels] as `load_dataset` gives them.
-
-    Integer pixels (uint8, 0..255) become float32 / 255; floating-point images are taken
-    to be in [0, 1] already and pass unchanged. Every public function that scores images
-    (`train_step`, `Objective`, the bounds) calls it, so uint8 and float images give the
-    same numbers.
-    """
-    if jnp.issubdtype(images.dtype, jnp.integer):
-        return images.astype(jnp.float32) / 255.0
-    return images
-
-
 def batches(images: np.ndarray, batch_size: int, key: jax.Array, *, drop_remainder: bool = True):
     """One epoch of shuffled batches, for a training loop of your own over `train_step`.
 
@@ -361,7 +362,14 @@ def batches(images: np.ndarray, batch_size: int, key: jax.Array, *, drop_remaind
 
     Yields:
       float32 [batch_size, pixels] in [0, 1] on the default device, each image once.
+
+    Raises:
+      ValueError: images that no function here takes (checked once, on the host: see
+        `vae_jax.inputs.check_images`), or a batch size below 1.
     """
+    images = check_batch(images)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     order = np.asarray(jax.random.permutation(key, len(images)))
     stop = len(images) - len(images) % batch_size if drop_remainder else len(images)
     for start in range(0, stop, batch_size):

@@ -160,13 +160,9 @@ def download(
       backoff_s: wait before the second try; doubled before each later one.
       progress: a progress bar per file; None shows them only on a terminal.
 
-    Returns:
-      `folder`.
-
-    Raises:
-      InputError: unknown `name`, a file that fails verification, `offline` with files
-        missing, a folder that cannot be written, or every mirror failing for a file
-        (the message lists each URL tried with its error).
+    Returns `folder`. Raises InputError for an unknown `name`, a file that fails
+    verification, `offline` with files missing, a folder that cannot be written, or every
+    mirror failing for a file (the message lists each URL tried with its error).
     """
     if name not in DATASETS:
         raise InputError(
@@ -186,16 +182,7 @@ def download(
         # Under the lock, look again at what was missing: another process may have
         # fetched some of it meanwhile.
         missing = _check_present_files(name, folder, offline=False, files=tuple(missing))
-        used = []
-        urls = list(mirrors(name))
-        for remote in missing:
-            url = _fetch_from_mirrors(
-                name, remote, urls, folder, timeout_s, attempts, backoff_s, progress
-            )
-            base = url[: -len(remote.name)]
-            used.append(base)
-            urls.remove(base)  # the mirror that answered is asked first for the next file
-            urls.insert(0, base)
+        used = _fetch_files(name, missing, folder, timeout_s, attempts, backoff_s, progress)
     if missing:
         print(
             f"{name}: downloaded {len(missing)} file(s) from {', '.join(dict.fromkeys(used))}, "
@@ -203,6 +190,21 @@ def download(
             flush=True,
         )
     return folder
+
+
+def _fetch_files(name, missing, folder, timeout_s, attempts, backoff_s, progress) -> list[str]:
+    """Fetches each of `missing` into `folder`; returns the mirror that served each."""
+    used = []
+    urls = list(mirrors(name))
+    for remote in missing:
+        url = _fetch_from_mirrors(
+            name, remote, urls, folder, timeout_s, attempts, backoff_s, progress
+        )
+        base = url[: -len(remote.name)]
+        used.append(base)
+        urls.remove(base)  # the mirror that answered is asked first for the next file
+        urls.insert(0, base)
+    return used
 
 
 # --- Verification ----------------------------------------------------------------------

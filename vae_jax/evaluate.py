@@ -3,9 +3,10 @@
     python -m vae_jax.evaluate --workdir=W [--num_samples=1,50,5000]
 
 loads a run's model and parameters (`vae_jax.load_model`), scores the test set with
-`vae_jax.bounds` over every device, in float32 whatever the run's --dtype, writes
-`eval.json` and the pictures to W and prints a table. Every number is in nats per image
-and carries its standard error over images.
+`vae_jax.bounds` over every device, with the run's likelihood, in float32 whatever the
+run's --dtype and with every matmul at HIGHEST precision whatever the device's default
+(`vae_jax.precision`), writes `eval.json` and the pictures to W and prints a table.
+Every number is in nats per image and carries its standard error over images.
 """
 
 from vae_jax.errors import require_command_extra
@@ -24,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from vae_jax import bounds, data, parallel, plots, workdir
+from vae_jax import bounds, cli, data, parallel, plots, precision, workdir
 from vae_jax.errors import InputError
 from vae_jax.models import posterior_gaussians, with_dtype
 from vae_jax.objective import Objective
@@ -48,9 +49,10 @@ def evaluate_run(
 ) -> dict:
     """Bounds -L_k for each k, the NLL estimate (largest k), the gap and diagnostics.
 
-    The model is scored in float32 (`models.with_dtype`), with `objective`'s
-    likelihood. `mesh`: split the images over its devices. The diagnostics are those of
-    the posterior means, layer by layer from the data up (`layers`), and concatenated.
+    The model is scored with its own likelihood, in float32 (`models.with_dtype`), at
+    full precision. `objective`: only its deprecated `reconstruction` is used. `mesh`:
+    split the images over its devices. The diagnostics are those of the posterior
+    means, layer by layer from the data up (`layers`), and concatenated.
     """
     model = with_dtype(model, jnp.float32)
     if mesh is not None:
@@ -80,8 +82,14 @@ def evaluate_run(
     results["nll_num_samples"] = int(largest)
     if "1" in results["bounds"]:
         results["elbo_nll_gap"] = results["bounds"]["1"]["neg_bound"] - results["nll"]
-    gaussians = jax.device_get(posterior_gaussians(model, params, jnp.asarray(test_images)))
-    results["layers"] = [
+    return {**results, **latent_diagnostics(model, params, test_images)}
+
+
+def latent_diagnostics(model, params, images) -> dict:
+    """The posterior means' activity and KL per dimension, layer by layer (`layers`) and
+    for all layers together, with the count of active units."""
+    gaussians = jax.device_get(posterior_gaussians(model, params, images))
+    layers = [
         {
             "latent": int(mean.shape[-1]),
             "active_units": bounds.active_units(mean),
@@ -93,13 +101,13 @@ def evaluate_run(
         }
         for mean, logvar in gaussians
     ]
-    results["unit_activity"] = sum((layer["unit_activity"] for layer in results["layers"]), [])
-    results["kl_per_dim"] = sum(
-        (layer["kl_to_standard_normal_per_dim"] for layer in results["layers"]), []
-    )
-    results["active_units"] = sum(layer["active_units"] for layer in results["layers"])
-    results["latent"] = sum(model.latent_sizes)
-    return results
+    return {
+        "layers": layers,
+        "unit_activity": sum((layer["unit_activity"] for layer in layers), []),
+        "kl_per_dim": sum((layer["kl_to_standard_normal_per_dim"] for layer in layers), []),
+        "active_units": sum(layer["active_units"] for layer in layers),
+        "latent": sum(model.latent_sizes),
+    }
 
 
 def write_pictures(
@@ -155,9 +163,9 @@ def format_table(results: dict, protocol: dict) -> str:
         "test images (+- standard error)"
     ]
     for k, bound in results["bounds"].items():
-        name = {"1": "-L_1 (ELBO)", str(results["nll_num_samples"]): f"-L_{k} (NLL)"}.get(
-            k, f"-L_{k}"
-        )
+        # The largest k estimates the NLL; a single k = 1 is the ELBO, no NLL estimate.
+        names = {str(results["nll_num_samples"]): f"-L_{k} (NLL)", "1": "-L_1 (ELBO)"}
+        name = names.get(k, f"-L_{k}")
         lines.append(
             f"  {name:<16} {bound['neg_bound']:9.3f} +- {bound['stderr']:.3f}"
             f"   ({bound['time_s']:.1f} s)"
@@ -173,8 +181,7 @@ def format_table(results: dict, protocol: dict) -> str:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    del argv  # cli.parse_flags refused any argument that is not a flag
     absl_logging.set_verbosity(absl_logging.WARNING)  # INFO logs off the console, as in main
     flag_values = flags.FLAGS
     try:
@@ -182,30 +189,29 @@ def main(argv) -> None:
         if not sample_counts or sample_counts[0] < 1:
             raise ValueError
     except ValueError:
-        print(
-            f"error: --num_samples must be positive integers, got "
-            f"{','.join(flag_values.num_samples)}",
-            file=sys.stderr,
+        cli.fail(
+            f"--num_samples must be positive integers, got {','.join(flag_values.num_samples)}"
         )
-        sys.exit(2)
     folder = flag_values.workdir
-    try:
-        model, params, config, _ = workdir.load_model(folder, PARAMS_FILES[flag_values.params])
-        with workdir.lock(folder):
-            evaluate_workdir(
-                folder,
-                model,
-                params,
-                config,
-                sample_counts,
-                which_params=flag_values.params,
-                data_dir=flag_values.data_dir or config.data_dir,
-                num_images=flag_values.num_images,
-                spherical=flag_values.spherical,
-            )
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    # Every number and picture of the command at full float32 precision, whatever the
+    # device's default or $JAX_DEFAULT_MATMUL_PRECISION.
+    with precision.scoring():
+        try:
+            model, params, config, _ = workdir.load_model(folder, PARAMS_FILES[flag_values.params])
+            with workdir.lock(folder):
+                evaluate_workdir(
+                    folder,
+                    model,
+                    params,
+                    config,
+                    sample_counts,
+                    which_params=flag_values.params,
+                    data_dir=flag_values.data_dir or config.data_dir,
+                    num_images=flag_values.num_images,
+                    spherical=flag_values.spherical,
+                )
+        except InputError as e:
+            cli.fail(str(e))
 
 
 def evaluate_workdir(
@@ -229,29 +235,14 @@ def evaluate_workdir(
     test_labels = dataset.test_labels
     if num_images:
         test_images, test_labels = test_images[:num_images], test_labels[:num_images]
-    protocol = {
-        "dataset": config.dataset,
-        "binarization": config.binarization,
-        "reconstruction": config.reconstruction,
-        "true_likelihood": config.binarization != "none" or config.reconstruction != "bernoulli",
-        "params": which_params,  # final, or best: chosen on held-out training images
-    }
-    if not protocol["true_likelihood"]:
-        print(
-            "note: a Bernoulli likelihood of grayscale pixels is not a likelihood of the "
-            "images; train with --binarization=dynamic for an NLL to quote",
-            file=sys.stderr,
-        )
-    mesh = parallel.data_mesh()
+    protocol = run_protocol(config, which_params)
     results = evaluate_run(
         model,
         params,
         test_images,
         run_keys(config.seed).eval,
         sample_counts,
-        # Only the objective's likelihood scores: its schedule's step count is moot.
-        objective=config.build_objective(steps_per_epoch=1),
-        mesh=mesh,
+        mesh=parallel.data_mesh(),
     )
     results["protocol"] = protocol
     if results["active_units"] < results["latent"] / 2:
@@ -280,6 +271,24 @@ def evaluate_workdir(
     return results
 
 
+def run_protocol(config, which_params: str) -> dict:
+    """What eval.json stamps on its numbers; notes on stderr when they are no likelihood."""
+    protocol = {
+        "dataset": config.dataset,
+        "binarization": config.binarization,
+        "reconstruction": config.reconstruction,
+        "true_likelihood": config.binarization != "none" or config.reconstruction != "bernoulli",
+        "params": which_params,  # final, or best: chosen on held-out training images
+    }
+    if not protocol["true_likelihood"]:
+        print(
+            "note: a Bernoulli likelihood of grayscale pixels is not a likelihood of the "
+            "images; train with --binarization=dynamic for an NLL to quote",
+            file=sys.stderr,
+        )
+    return protocol
+
+
 def define_flags() -> None:
     flags.DEFINE_string(
         "workdir", None, "A finished run's folder (from vae_jax.main).", required=True
@@ -303,4 +312,4 @@ def define_flags() -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -3,7 +3,10 @@
 Shapes: `logits` and `images` are [batch, pixels]; `mean` and `logvar` are
 [batch, latent]; every function returns [batch] (nats per image). Images are in
 [0, 1]: binary for a true Bernoulli likelihood, grayscale for the reference protocol
-(where the Bernoulli term is the usual "BCE with soft targets").
+(where the Bernoulli term is the usual "BCE with soft targets"). Every function that
+takes images checks them (`vae_jax.inputs.check_pixels`): uint8 pixels are scaled to
+[0, 1], and values outside [0, 1], NaN or a pixel count unlike the logits' are a
+ValueError.
 """
 
 from typing import NamedTuple
@@ -11,6 +14,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vae_jax.inputs import UNIT_INTERVAL, check_pixels
 
 RECONSTRUCTIONS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace")
 # The fixed std (gaussian) or scale (laplace) of p(x|z) in pixel units: the one default
@@ -28,6 +33,7 @@ def bernoulli_nll(logits: jax.Array, images: jax.Array) -> jax.Array:
     max(l, 0) - x * l + log1p(exp(-|l|)) so that no exp overflows: it stays finite and
     exact for any finite logit (PyTorch's version clamps log(p) at -100 instead).
     """
+    images = check_pixels(images, logits)
     per_pixel = jnp.maximum(logits, 0.0) - logits * images + jnp.log1p(jnp.exp(-jnp.abs(logits)))
     return jnp.sum(per_pixel, axis=-1)
 
@@ -62,9 +68,27 @@ def continuous_bernoulli_nll(logits: jax.Array, images: jax.Array) -> jax.Array:
     [0, 1]: C(lambda) lambda^x (1 - lambda)^(1 - x). It is the Bernoulli term (BCE from
     logits) minus the log-normaliser, so grayscale pixels get a true likelihood.
     """
+    images = check_pixels(images, logits)
     return bernoulli_nll(logits, images) - jnp.sum(
         continuous_bernoulli_log_normalizer(logits), axis=-1
     )
+
+
+def continuous_bernoulli_mean(logits: jax.Array) -> jax.Array:
+    """E[x] of the continuous Bernoulli with lambda = sigmoid(logits), per element.
+
+    lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda)), which in logits l is
+    1/2 + 1 / (2 tanh(l / 2)) - 1 / l: 1/2 at l = 0, rising to 1 (falling to 0) for large
+    positive (negative) l. Not sigmoid(l), the Bernoulli's: the normaliser pulls the mean
+    towards 1/2. Near 0 the series 1/2 + l/12 - l^3/720 (error under 1e-9 below
+    `CB_TAYLOR_BELOW`) replaces the closed form's cancelling terms.
+    """
+    small = jnp.abs(logits) < CB_TAYLOR_BELOW
+    safe = jnp.where(small, 1.0, logits)
+    closed_form = 0.5 + 0.5 / jnp.tanh(0.5 * safe) - 1.0 / safe
+    series = jnp.where(small, logits, 0.0)
+    taylor = 0.5 + series / 12.0 - series**3 / 720.0
+    return jnp.where(small, taylor, closed_form)
 
 
 def gaussian_nll(logits: jax.Array, images: jax.Array, scale: float = DEFAULT_SCALE) -> jax.Array:
@@ -73,6 +97,7 @@ def gaussian_nll(logits: jax.Array, images: jax.Array, scale: float = DEFAULT_SC
     The mean is squashed into the pixel range [0, 1]; `scale` is the fixed standard
     deviation in pixel units. Up to the constant, this is squared error / (2 scale^2).
     """
+    images = check_pixels(images, logits)
     mean = jax.nn.sigmoid(logits)
     per_pixel = 0.5 * jnp.square((images - mean) / scale) + (jnp.log(scale) + _HALF_LOG_2PI)
     return jnp.sum(per_pixel, axis=-1)
@@ -83,6 +108,7 @@ def laplace_nll(logits: jax.Array, images: jax.Array, scale: float = DEFAULT_SCA
 
     Up to the constant log(2 scale), this is absolute error / scale.
     """
+    images = check_pixels(images, logits)
     mean = jax.nn.sigmoid(logits)
     per_pixel = jnp.abs(images - mean) / scale + jnp.log(2.0 * scale)
     return jnp.sum(per_pixel, axis=-1)
@@ -91,13 +117,20 @@ def laplace_nll(logits: jax.Array, images: jax.Array, scale: float = DEFAULT_SCA
 def reconstruction_nll(
     logits: jax.Array,
     images: jax.Array,
-    reconstruction: str = "bernoulli",
+    reconstruction="bernoulli",
     scale: float = DEFAULT_SCALE,
 ) -> jax.Array:
-    """-log p(x|z) per image for the named likelihood, one of `RECONSTRUCTIONS`: [batch].
+    """-log p(x|z) per image: [batch].
 
-    `scale` is used by the Gaussian (standard deviation) and Laplace likelihoods only.
+    `reconstruction` is the name of a built-in (one of `RECONSTRUCTIONS`), a likelihood
+    object (`vae_jax.likelihoods`) or a function `(output, images) -> -log p(x|z)` per
+    image. `scale` is used by the named Gaussian (standard deviation) and Laplace only.
     """
+    if hasattr(reconstruction, "nll"):
+        pixel_range = getattr(reconstruction, "pixel_range", UNIT_INTERVAL)
+        return reconstruction.nll(logits, check_pixels(images, None, pixel_range))
+    if callable(reconstruction):
+        return reconstruction(logits, check_pixels(images))
     if reconstruction == "bernoulli":
         return bernoulli_nll(logits, images)
     if reconstruction == "continuous_bernoulli":
@@ -107,7 +140,8 @@ def reconstruction_nll(
     if reconstruction == "laplace":
         return laplace_nll(logits, images, scale)
     raise ValueError(
-        f"unknown reconstruction {reconstruction!r}; expected one of {RECONSTRUCTIONS}"
+        f"unknown reconstruction {reconstruction!r}; expected one of {RECONSTRUCTIONS}, a "
+        "likelihood object, or a function (output, images) -> -log p(x|z) per image"
     )
 
 
@@ -151,13 +185,15 @@ def negative_elbo(
     mean: jax.Array,
     logvar: jax.Array,
     beta: float | jax.Array = 1.0,
-    reconstruction: str = "bernoulli",
+    reconstruction="bernoulli",
     scale: float = DEFAULT_SCALE,
 ) -> ElboTerms:
     """recon + beta * KL per image, with its terms. With beta = 1 this is -ELBO.
 
     The one-sample Monte Carlo estimate of -E_q[log p(x|z)] + beta * KL(q(z|x) || N(0, I)),
-    with z the sample that produced `logits`. Reduce over the batch yourself.
+    with z the sample that produced `logits`. `reconstruction` is as in
+    `reconstruction_nll`: a name, a likelihood or a function. Reduce over the batch
+    yourself.
     """
     recon = reconstruction_nll(logits, images, reconstruction, scale)
     kl = kl_to_standard_normal(mean, logvar)

@@ -16,31 +16,34 @@ import threading
 from absl import app, flags
 from absl import logging as absl_logging
 
+from vae_jax import cli, errors
 from vae_jax.config import Config
 from vae_jax.errors import InputError, WriteError
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines one absl flag per Config field, with the field's default and help."""
+    """Defines one absl flag per Config field, with the field's default and help.
+
+    Each flag is filed under its field's group (`config.GROUPS`), which `--helpfull`
+    shows as a heading ("vae_jax.main: model", ...).
+    """
+    definers = {
+        bool: flags.DEFINE_bool,
+        int: flags.DEFINE_integer,
+        float: flags.DEFINE_float,
+    }
     for field in dataclasses.fields(Config):
-        help_text = field.metadata["help"]
-        choices = field.metadata.get("choices")
+        help_text, choices = field.metadata["help"], field.metadata.get("choices")
+        where = dict(
+            flag_values=flag_values, module_name=f"vae_jax.main: {field.metadata['group']}"
+        )
         if choices:
-            flags.DEFINE_enum(
-                field.name, field.default, choices, help_text, flag_values=flag_values
-            )
-        elif field.type is bool:
-            flags.DEFINE_bool(field.name, field.default, help_text, flag_values=flag_values)
-        elif field.type is int:
-            flags.DEFINE_integer(field.name, field.default, help_text, flag_values=flag_values)
-        elif field.type is float:
-            flags.DEFINE_float(field.name, field.default, help_text, flag_values=flag_values)
+            flags.DEFINE_enum(field.name, field.default, choices, help_text, **where)
         elif field.type == tuple[int, ...]:
-            flags.DEFINE_list(
-                field.name, [str(v) for v in field.default], help_text, flag_values=flag_values
-            )
+            flags.DEFINE_list(field.name, [str(v) for v in field.default], help_text, **where)
         else:
-            flags.DEFINE_string(field.name, field.default, help_text, flag_values=flag_values)
+            define = definers.get(field.type, flags.DEFINE_string)
+            define(field.name, field.default, help_text, **where)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
@@ -60,8 +63,7 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; settings are --flags")
+    del argv  # cli.parse_flags refused any argument that is not a flag
     # The console is for our progress lines: JAX's notes on absent accelerator plugins,
     # matplotlib's on building its font cache and orbax's record of each checkpoint
     # operation are INFO logs, kept off it.
@@ -71,6 +73,10 @@ def main(argv: list[str]) -> None:
 
     try:
         config = config_from_flags()
+        if config.tensorboard:  # the one module of the extra that a flag can spare
+            errors.require_command_extra(
+                "python -m vae_jax.main", True, errors.run_modules(tensorboard=True)
+            )
         if config.distributed:
             from vae_jax import parallel
 
@@ -202,4 +208,4 @@ class StopOnSignal:
 define_flags()
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -5,18 +5,22 @@ With `latent=64` and `hidden_sizes=(512, 256)`, `VAE` is exactly the reference n
 logits, not probabilities: losses are computed from logits so they stay finite, and the
 sigmoid is applied only to draw pictures.
 
-Every model here (`VAE`, `HierarchicalVAE`, or your own) provides the same methods, and
-the objectives, bounds, pictures and sweeps use only these:
+Every model here (`VAE`, `HierarchicalVAE`, or your own) provides the same attributes
+and methods, and the objectives, bounds, pictures and sweeps use only these
+(`MODEL_INTERFACE`; docs/models.md has the table):
 
+    image_size                        pixels per flattened image: the inputs' size
     latent_sizes                      one size per stochastic layer, from the data up
     posterior(x, noise)               reparameterized draws z of q(z|x) from standard
                                       normal `noise`, with log q(z|x): a PosteriorDraw
-    log_posterior(x, z)               log q(z|x) of given draws, [...]
-    sample_posterior(x, key, k=None)  the same, with the noise drawn from `key`
     log_prior(z)                      log p(z), [...]
-    decode(z)                         the decoder's output for p(x|z) (logits), [..., pixels]
+    decode(z)                         the decoder's output for p(x|z) (logits), [..., outputs]
     sample_prior(key, num_samples)    z ~ p(z), one [num_samples, size] per layer
-    analytic_kl(draw)                 KL(q(z|x) || p(z)) in closed form [batch], or None
+and, optionally:
+    likelihood                        p(x|z) (`vae_jax.likelihoods`); absent: Bernoulli
+    analytic_kl(draw)                 KL(q(z|x) || p(z)) in closed form [batch]; absent or
+                                      None: the Monte Carlo estimate
+    log_posterior(x, z)               log q(z|x) of given draws, [...]; needed by DReG only
 
 z is a tuple with one array per layer, each [*sample_shape, batch, size]; x is
 [batch, pixels] and broadcasts over the sample axes, which lead.
@@ -32,8 +36,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax import inputs, likelihoods, precision
+from vae_jax.inputs import to_unit_interval
+from vae_jax.likelihoods import Bernoulli
 from vae_jax.losses import log_normal_diag
 from vae_jax.priors import StandardNormalPrior
+
+# What the library reads of a model (see the module docstring): required, then optional.
+MODEL_INTERFACE = ("image_size", "latent_sizes", "posterior", "log_prior", "decode", "sample_prior")
+OPTIONAL_INTERFACE = ("likelihood", "analytic_kl", "log_posterior")
 
 
 def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -121,15 +132,37 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        h = x
-        for i, width in enumerate(self.hidden_sizes):
-            h = self.hidden_layer(width, dtype=self.dtype, name=f"fc{i + 1}")(h)
-        # One layer for both heads, split in two: the reference's 256 -> 2*latent layer.
-        # Log-variance rather than std keeps the head unconstrained and the KL exact.
-        # The head is float32 whatever `dtype`: exp(logvar) and the KL magnify its errors.
-        mean_logvar = nn.Dense(2 * self.latent, dtype=jnp.float32, name="fc_mean_logvar")(h)
-        mean, logvar = jnp.split(mean_logvar, 2, axis=-1)
-        return mean, logvar
+        return _gaussian_mlp(self, x)
+
+
+class ConditionalEncoder(nn.Module):
+    """q(z_l | x, z_{l+1}) of a hierarchy: the `Encoder` MLP of [x, z_above], or of x alone
+    at the top (z_above None). (x, z_above [*sample_shape, batch, size]) -> (mean, logvar).
+    """
+
+    latent: int
+    hidden_sizes: Sequence[int] = (300, 300)
+    dtype: Any = jnp.float32
+    hidden_layer: HiddenLayer = ReluDense
+
+    @nn.compact
+    def __call__(self, x: jax.Array, z_above: jax.Array | None = None):
+        if z_above is not None:
+            x = jnp.concatenate([_broadcast(x, z_above.shape[:-1] + x.shape[-1:]), z_above], -1)
+        return _gaussian_mlp(self, x)
+
+
+def _gaussian_mlp(module, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The layers of an MLP Gaussian (fc1, fc2, ..., fc_mean_logvar), built inside
+    `module`'s compact method from its latent, hidden_sizes, dtype and hidden_layer."""
+    for i, width in enumerate(module.hidden_sizes):
+        h = module.hidden_layer(width, dtype=module.dtype, name=f"fc{i + 1}")(h)
+    # One layer for both heads, split in two: the reference's 256 -> 2*latent layer.
+    # Log-variance rather than std keeps the head unconstrained and the KL exact.
+    # The head is float32 whatever `dtype`: exp(logvar) and the KL magnify its errors.
+    mean_logvar = nn.Dense(2 * module.latent, dtype=jnp.float32, name="fc_mean_logvar")(h)
+    mean, logvar = jnp.split(mean_logvar, 2, axis=-1)
+    return mean, logvar
 
 
 class Decoder(nn.Module):
@@ -236,12 +269,18 @@ class SamplesPosterior:
         return self.posterior(x, draw_noise(key, self.latent_sizes, shape))
 
 
-def _adopt(module: nn.Module, field: str, default: Callable[[], nn.Module]) -> None:
-    """Fills an unset submodule field of a frozen Flax module with its default."""
+def _adopt(module: nn.Module, field: str, default: Callable[[], Any]) -> None:
+    """Fills an unset submodule field (a module, or a tuple of them) of a frozen Flax
+    module with its default."""
     if getattr(module, field) is None:
         # Unbound (parent=None) so the model adopts it under the field's name, wherever
         # the model itself is built.
-        object.__setattr__(module, field, default().clone(parent=None))
+        value = default()
+        if isinstance(value, tuple):
+            value = tuple(piece.clone(parent=None) for piece in value)
+        else:
+            value = value.clone(parent=None)
+        object.__setattr__(module, field, value)
 
 
 def _broadcast(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -266,6 +305,9 @@ class VAE(SamplesPosterior, nn.Module):
       encoder: x [batch, pixels] -> (mean, logvar) [batch, latent] of q(z|x).
       decoder: z [..., latent] -> the output that the likelihood scores, [..., pixels].
       prior: a prior module (`vae_jax.priors`).
+      likelihood: p(x|z) (`vae_jax.likelihoods`: `Bernoulli()`, `Gaussian(0.1)`, ... or a
+        function (decoder_output, images) -> -log p(x|z)): what the model is scored,
+        sampled and reconstructed with.
     """
 
     latent: int = 64
@@ -276,6 +318,7 @@ class VAE(SamplesPosterior, nn.Module):
     encoder: nn.Module | None = None
     decoder: nn.Module | None = None
     prior: nn.Module | None = None
+    likelihood: Any = Bernoulli()
 
     def __post_init__(self):
         widths = tuple(self.hidden_sizes)
@@ -346,12 +389,20 @@ class HierarchicalVAE(SamplesPosterior, nn.Module):
     through z_1 to reach the pixels. The Ladder VAE's shared top-down pass would add
     parameters sharing between p and q; the VampPrior paper reached a lower NLL without it.
 
-    Every Gaussian is diagonal, each an MLP `Encoder` with `hidden_sizes`; the decoder
-    is an MLP with the widths mirrored, from the concatenated layers.
+    Every Gaussian is diagonal. The networks are values: left as None, each is an MLP
+    with `hidden_sizes` (`ConditionalEncoder`, `Encoder`, and a `Decoder` with the widths
+    mirrored); `vae_jax.convolutional.conv_hierarchical_vae` passes the paper's
+    convolutional ones (its ConvHVAE).
 
     Attributes:
       latent: sizes of z_1 .. z_L, from the data up, e.g. (40, 40).
       prior: a prior module over z_L; its encoder is q(z_L | x). None: N(0, I).
+      likelihood: p(x|z_1, ..., z_L), as `VAE.likelihood`.
+      encoders: L modules, encoders[l] = q(z_{l+1} | x, z_{l+2}):
+        (x [batch, pixels], z_above [..., batch, size] or None at the top) -> (mean, logvar).
+      conditional_priors: L - 1 modules, conditional_priors[l] = p(z_{l+1} | z_{l+2}):
+        z_above [..., size] -> (mean, logvar).
+      decoder: every layer concatenated [..., sum(latent)] -> the likelihood's input.
     """
 
     latent: Sequence[int] = (40, 40)
@@ -360,22 +411,25 @@ class HierarchicalVAE(SamplesPosterior, nn.Module):
     dtype: Any = jnp.float32
     hidden_layer: HiddenLayer = ReluDense
     prior: nn.Module | None = None
+    likelihood: Any = Bernoulli()
+    encoders: Sequence[nn.Module] | None = None
+    conditional_priors: Sequence[nn.Module] | None = None
+    decoder: nn.Module | None = None
 
     def __post_init__(self):
-        _adopt(self, "prior", lambda: StandardNormalPrior(self.latent[-1]))
-        super().__post_init__()
-
-    def setup(self):
         widths, sizes = tuple(self.hidden_sizes), tuple(self.latent)
-
-        def mlp(size):
-            return Encoder(size, widths, self.dtype, self.hidden_layer)
-
-        # encoders[l] is q(z_{l+1} | x, z_{l+2}), and q(z_L | x) for the last.
-        self.encoders = [mlp(size) for size in sizes]
-        # conditional_priors[l] is p(z_{l+1} | z_{l+2}).
-        self.conditional_priors = [mlp(size) for size in sizes[:-1]]
-        self.decoder = Decoder(self.image_size, widths[::-1], self.dtype, self.hidden_layer)
+        layer = (self.dtype, self.hidden_layer)
+        _adopt(
+            self, "encoders", lambda: tuple(ConditionalEncoder(n, widths, *layer) for n in sizes)
+        )
+        _adopt(
+            self,
+            "conditional_priors",
+            lambda: tuple(Encoder(n, widths, *layer) for n in sizes[:-1]),
+        )
+        _adopt(self, "decoder", lambda: Decoder(self.image_size, widths[::-1], *layer))
+        _adopt(self, "prior", lambda: StandardNormalPrior(sizes[-1]))
+        super().__post_init__()
 
     @property
     def latent_sizes(self) -> tuple[int, ...]:
@@ -383,10 +437,7 @@ class HierarchicalVAE(SamplesPosterior, nn.Module):
 
     def _q(self, layer: int, x: jax.Array, z_above: jax.Array | None):
         """(mean, logvar) of q(z_layer | x, z_above); z_above is None for the top layer."""
-        if z_above is None:
-            return self.encoders[layer](x)
-        inputs = jnp.concatenate([_broadcast(x, z_above.shape[:-1] + x.shape[-1:]), z_above], -1)
-        return self.encoders[layer](inputs)
+        return self.encoders[layer](x, z_above)
 
     def posterior(self, x: jax.Array, noise: tuple[jax.Array, ...]) -> PosteriorDraw:
         z, gaussians, log_q = [None] * len(noise), [None] * len(noise), 0.0
@@ -433,26 +484,90 @@ def with_dtype(model: nn.Module, dtype) -> nn.Module:
 
     For scoring in float32 a model trained with bfloat16 matmuls.
     """
-    changes = {
-        field: getattr(model, field).clone(dtype=dtype)
-        for field in ("encoder", "decoder", "prior")
-        if isinstance(getattr(model, field, None), nn.Module)
-        and hasattr(getattr(model, field), "dtype")
-    }
+
+    def in_dtype(piece):
+        if isinstance(piece, tuple):
+            return tuple(in_dtype(part) for part in piece)
+        has_dtype = isinstance(piece, nn.Module) and hasattr(piece, "dtype")
+        return piece.clone(dtype=dtype) if has_dtype else piece
+
+    fields = ("encoder", "decoder", "prior", "encoders", "conditional_priors")
+    changes = {field: in_dtype(getattr(model, field)) for field in fields if hasattr(model, field)}
     return model.clone(dtype=dtype, **changes)
 
 
-def posterior_gaussians(model, params, images: jax.Array):
+# --- What the library calls through `model.apply(..., method=fn)` ----------------------
+# Functions of the bound model, so that a model of your own needs only the interface.
+
+
+def draw_posterior(model, x: jax.Array, key: jax.Array, num_samples: int | None = None):
+    """z ~ q(z|x) from `key` through `model.posterior`: one per image, or `num_samples`."""
+    shape = x.shape[:-1] if num_samples is None else (num_samples, *x.shape[:-1])
+    return model.posterior(x, draw_noise(key, model.latent_sizes, shape))
+
+
+def closed_form_kl(model, draw: PosteriorDraw) -> jax.Array | None:
+    """The model's `analytic_kl(draw)`, or None when it has none."""
+    analytic_kl = getattr(model, "analytic_kl", None)
+    return None if analytic_kl is None else analytic_kl(draw)
+
+
+def negative_log_likelihood(model, images: jax.Array, z) -> jax.Array:
+    """-log p(x|z) under the model's likelihood, [*sample_shape, batch], for draws z whose
+    sample axes lead; `images` [batch, pixels] in [0, 1] broadcast over them."""
+    output = model.decode(z)
+    images = images.reshape((1,) * (output.ndim - images.ndim) + images.shape)
+    return likelihoods.of_model(model).nll(output, images)
+
+
+def check_model(model) -> None:
+    """Raises ValueError naming what `model` lacks of the interface (`MODEL_INTERFACE`)."""
+    missing = [name for name in MODEL_INTERFACE if not hasattr(model, name)]
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__} lacks {', '.join(missing)}: a model provides "
+            f"{', '.join(MODEL_INTERFACE)} (docs/models.md, 'The model interface')"
+        )
+
+
+def model_images(
+    model, images, *, check_values_on_device: bool = True, likelihood=None, name: str = "images"
+):
+    """`images` through the input boundary (`vae_jax.inputs`) for `model`: [batch, image_size],
+    uint8 or float32, checked against the pixel range of `likelihood` (default: the model's)."""
+    check_model(model)
+    likelihood = likelihoods.of_model(model) if likelihood is None else likelihood
+    return inputs.check_images(
+        images,
+        model.image_size,
+        likelihoods.pixel_range_of(likelihood),
+        check_values_on_device=check_values_on_device,
+        name=name,
+    )
+
+
+# --- Helpers for a trained model (pictures, diagnostics), at full float32 precision ---------
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _posterior_gaussians(model, params, images: jax.Array):
+    with precision.scoring():
+        images = to_unit_interval(images)
+        zeros = tuple(jnp.zeros((*images.shape[:-1], size)) for size in model.latent_sizes)
+        return model.apply({"params": params}, images, zeros, method="posterior").gaussians
+
+
+def posterior_gaussians(model, params, images):
     """Each layer's (mean, logvar) of q(z|x), from the data up, each [batch, size].
 
     For a hierarchy, the lower layers' along the path of posterior means (each layer
-    conditioned on the mean of the one above).
+    conditioned on the mean of the one above). `images` as every function takes them:
+    [batch, pixels] uint8 or floats in [0, 1] (`vae_jax.inputs`).
     """
-    zeros = tuple(jnp.zeros((*images.shape[:-1], size)) for size in model.latent_sizes)
-    return model.apply({"params": params}, images, zeros, method="posterior").gaussians
+    return _posterior_gaussians(model, params, model_images(model, images))
 
 
-def posterior(model, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+def posterior(model, params, images) -> tuple[jax.Array, jax.Array]:
     """q(z|x) of each image: [batch, pixels] -> (mean, logvar), each [batch, sum(latent_sizes)].
 
     Every layer's, concatenated from the data up (see `posterior_gaussians`): what
@@ -462,23 +577,54 @@ def posterior(model, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     return tuple(jnp.concatenate(parts, axis=-1) for parts in zip(*gaussians, strict=True))
 
 
-def decode_probabilities(model, params, z) -> jax.Array:
-    """Pixel probabilities sigmoid(decode(z)): z [batch, latent] or a tuple of layers."""
-    return jax.nn.sigmoid(model.apply({"params": params}, z, method="decode"))
-
-
-@functools.partial(jax.jit, static_argnames=("model", "num_images"))
-def sample_images(model, params, key: jax.Array, num_images: int) -> jax.Array:
-    """Draws z ~ p(z), the model's prior -> probabilities sigmoid(decode(z)), [num_images, pixels].
-
-    `params` is the model's `params` collection.
-    """
-    z = model.apply({"params": params}, key, num_images, method="sample_prior")
-    return decode_probabilities(model, params, z)
+def _mean_pixels(model, params, z) -> jax.Array:
+    output = model.apply({"params": params}, z, method="decode")
+    return likelihoods.mean_pixels(likelihoods.of_model(model), output, model.image_size)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def reconstruct_images(model, params, images: jax.Array) -> jax.Array:
-    """Decodes each image's posterior means: [batch, image_size] -> probabilities, same shape."""
-    mean, _ = posterior(model, params, images)
-    return decode_probabilities(model, params, mean)
+def _decode_mean(model, params, z):
+    with precision.scoring():
+        return _mean_pixels(model, params, z)
+
+
+def decode_probabilities(model, params, z) -> jax.Array:
+    """E[x|z] under the model's likelihood, [batch, image_size] in pixel units: sigmoid of
+    the logits for the Bernoulli. z [batch, latent] or a tuple of layers."""
+    check_model(model)
+    if not isinstance(z, tuple):
+        z = jnp.asarray(z, jnp.float32)
+    return _decode_mean(model, params, z)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_images"))
+def _sample_images(model, params, key, num_images):
+    with precision.scoring():
+        z = model.apply({"params": params}, key, num_images, method="sample_prior")
+        return _mean_pixels(model, params, z)
+
+
+def sample_images(model, params, key: jax.Array, num_images: int) -> jax.Array:
+    """Draws z ~ p(z), the model's prior -> E[x|z] under its likelihood, [num_images, pixels].
+
+    `params` is the model's `params` collection.
+    """
+    check_model(model)
+    if not (isinstance(num_images, int) and num_images >= 1):
+        raise ValueError(f"num_images must be a positive int, got {num_images!r}")
+    return _sample_images(model, params, key, num_images)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _reconstruct_images(model, params, images):
+    with precision.scoring():
+        images = to_unit_interval(images)
+        # Zero noise: z is the path of posterior means (each layer's given the one above).
+        zeros = tuple(jnp.zeros((*images.shape[:-1], size)) for size in model.latent_sizes)
+        draw = model.apply({"params": params}, images, zeros, method="posterior")
+        return _mean_pixels(model, params, draw.z)
+
+
+def reconstruct_images(model, params, images) -> jax.Array:
+    """Decodes each image's posterior means: [batch, pixels] -> E[x|z], [batch, image_size]."""
+    return _reconstruct_images(model, params, model_images(model, images))

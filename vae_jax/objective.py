@@ -1,22 +1,25 @@
 """What training minimises: one static `Objective`, and the batch loss it defines.
 
 An `Objective` is a frozen dataclass, so it is hashable and passes to jitted functions
-as a static argument: the likelihood, the bound and the schedule are compiled into the
-program, while the KL weight `beta` stays a traced value (a sweep vmaps over it).
+as a static argument: the bound and the schedule are compiled into the program, while
+the KL weight `beta` stays a traced value (a sweep vmaps over it).
 
-It works with any latent-variable model that has the methods listed in
-`vae_jax.models` (`sample_posterior`, `log_posterior`, `log_prior`, `decode`,
-`analytic_kl`), called through the model's `apply`.
+It works with any latent-variable model that has the interface of `vae_jax.models`
+(`posterior`, `log_prior`, `decode`, and `likelihood`, `analytic_kl` and, for DReG,
+`log_posterior` where it has them), called through the model's `apply`. The likelihood
+p(x|z) is the model's: an objective says how to bound it, not what it is.
 """
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax.data import to_unit_interval
+from vae_jax import likelihoods
+from vae_jax.inputs import to_unit_interval
 from vae_jax.losses import (
     DEFAULT_SCALE,
     RECONSTRUCTIONS,
@@ -24,9 +27,14 @@ from vae_jax.losses import (
     free_bits_kl,
     log_importance_weights,
     negative_iwae_bound,
-    reconstruction_nll,
 )
-from vae_jax.models import PosteriorDraw
+from vae_jax.models import (
+    PosteriorDraw,
+    closed_form_kl,
+    draw_posterior,
+    model_images,
+    negative_log_likelihood,
+)
 from vae_jax.schedules import BetaSchedule
 
 BOUNDS = ("elbo", "iwae")
@@ -45,11 +53,11 @@ class Objective:
         (one Gaussian layer, prior N(0, I)) and else a one-draw Monte Carlo estimate; or
         "iwae", the k-sample bound of Burda et al. (2016) with k = `num_samples`.
       num_samples: k, the z draws per image of the iwae bound (1 for elbo).
-      reconstruction: the likelihood p(x|z): the name of a built-in one
-        (`losses.RECONSTRUCTIONS`), or your own function
-        `(decoder_output, images) -> -log p(x|z)` per image, in nats. Define the
-        function once (at module level): jit compiles once per distinct function.
-      recon_scale: the built-in gaussian's std or laplace's scale, in pixel units.
+      reconstruction: deprecated, and None by default: the likelihood is the model's
+        (`VAE(likelihood=...)`), so that the model scores itself everywhere. Given (a
+        name among `losses.RECONSTRUCTIONS`, a likelihood or a function), it overrides
+        the model's in this objective's losses and bounds, with a DeprecationWarning.
+      recon_scale: the named gaussian's std or laplace's scale of `reconstruction`.
       free_bits: with elbo, a floor in nats on each latent dimension's batch-mean KL
         (Kingma et al. 2016); 0 is off. Needs a closed-form KL.
       beta_schedule: the factor in [0, 1] on beta at each optimiser step.
@@ -61,7 +69,7 @@ class Objective:
 
     bound: str = "elbo"
     num_samples: int = 1
-    reconstruction: str | Likelihood = "bernoulli"
+    reconstruction: str | Likelihood | None = None
     recon_scale: float = DEFAULT_SCALE
     free_bits: float = 0.0
     beta_schedule: BetaSchedule = BetaSchedule()
@@ -70,10 +78,18 @@ class Objective:
     def __post_init__(self):
         if self.bound not in BOUNDS:
             raise ValueError(f"unknown bound {self.bound!r}; expected one of {BOUNDS}")
-        if not callable(self.reconstruction) and self.reconstruction not in RECONSTRUCTIONS:
-            raise ValueError(
-                f"unknown reconstruction {self.reconstruction!r}; expected one of "
-                f"{RECONSTRUCTIONS} or a function (decoder_output, images) -> nll per image"
+        if self.reconstruction is not None:
+            if isinstance(self.reconstruction, str) and self.reconstruction not in RECONSTRUCTIONS:
+                raise ValueError(
+                    f"unknown reconstruction {self.reconstruction!r}; expected one of "
+                    f"{RECONSTRUCTIONS} or a function (decoder_output, images) -> nll per image"
+                )
+            warnings.warn(
+                "Objective(reconstruction=...) is deprecated: give the model its likelihood, "
+                "VAE(likelihood=...) (vae_jax.likelihoods), and the bounds, samples and a "
+                "loaded run use it too; the objective's overrides the model's in its losses",
+                DeprecationWarning,
+                stacklevel=3,
             )
         if self.num_samples < 1 or (self.bound == "elbo" and self.num_samples != 1):
             raise ValueError(f"num_samples={self.num_samples}: use 1 for elbo, >= 1 for iwae")
@@ -89,27 +105,43 @@ class Objective:
                 f"{GRADIENT_ESTIMATORS}, and dreg with the iwae bound only"
             )
 
-    def likelihood_nll(self, output: jax.Array, images: jax.Array) -> jax.Array:
-        """-log p(x|z) summed over pixels, from the decoder's output [..., pixels]: [...]."""
-        if callable(self.reconstruction):
-            return self.reconstruction(output, images)
-        return reconstruction_nll(output, images, self.reconstruction, self.recon_scale)
+    def likelihood(self, model):
+        """The likelihood this objective scores `model` with: the model's, unless the
+        deprecated `reconstruction` overrides it."""
+        if self.reconstruction is None:
+            return likelihoods.of_model(model)
+        return likelihoods.resolve(self.reconstruction, self.recon_scale)
+
+    def inputs(self, apply_fn, images, check_values_on_device: bool = False) -> jax.Array:
+        """`images` through the input boundary for the model of `apply_fn`, in [0, 1]."""
+        model = getattr(apply_fn, "__self__", None)
+        if model is not None:
+            images = model_images(
+                model,
+                images,
+                check_values_on_device=check_values_on_device,
+                likelihood=self.likelihood(model),
+            )
+        return to_unit_interval(images)
 
     def scores(self, variables, apply_fn, images, z):
         """-log p(x|z) and log p(z) of draws z (sample axes leading): each [..., batch]."""
-        output = apply_fn(variables, z, method="decode")
-        images = images.reshape((1,) * (output.ndim - images.ndim) + images.shape)
-        recon = self.likelihood_nll(output, images)
+        if self.reconstruction is None:
+            recon = apply_fn(variables, images, z, method=negative_log_likelihood)
+        else:
+            output = apply_fn(variables, z, method="decode")
+            images = images.reshape((1,) * (output.ndim - images.ndim) + images.shape)
+            recon = likelihoods.resolve(self.reconstruction, self.recon_scale).nll(output, images)
         return recon, apply_fn(variables, z, method="log_prior")
 
     def elbo(
         self, params, apply_fn, images: jax.Array, key: jax.Array, beta: float | jax.Array
     ) -> tuple[ElboTerms, PosteriorDraw]:
         """recon + beta * KL per image [batch] from one draw each, and that draw."""
-        variables, images = {"params": params}, to_unit_interval(images)
-        draw = apply_fn(variables, images, key, method="sample_posterior")
+        variables, images = {"params": params}, self.inputs(apply_fn, images)
+        draw = apply_fn(variables, images, key, method=draw_posterior)
         recon, log_prior = self.scores(variables, apply_fn, images, draw.z)
-        kl = apply_fn(variables, draw, method="analytic_kl")
+        kl = apply_fn(variables, draw, method=closed_form_kl)
         if kl is None:
             kl = draw.log_q - log_prior
         return ElboTerms(loss=recon + beta * kl, recon=recon, kl=kl), draw
@@ -125,10 +157,10 @@ class Objective:
         """
         if self.bound == "elbo":
             return self.elbo(params, apply_fn, images, key, beta)
-        variables, images = {"params": params}, to_unit_interval(images)
-        draw = apply_fn(variables, images, key, self.num_samples, method="sample_posterior")
+        variables, images = {"params": params}, self.inputs(apply_fn, images)
+        draw = apply_fn(variables, images, key, self.num_samples, method=draw_posterior)
         recon, log_prior = self.scores(variables, apply_fn, images, draw.z)
-        kl = apply_fn(variables, draw, method="analytic_kl")
+        kl = apply_fn(variables, draw, method=closed_form_kl)
         return negative_iwae_bound(recon, log_prior, draw.log_q, beta, kl), draw
 
     def batch_loss(
@@ -145,7 +177,7 @@ class Objective:
         Args:
           params: the model's `params` collection.
           apply_fn: the model's `apply`.
-          images: [batch, pixels], floats in [0, 1] or uint8 pixels (`data.to_unit_interval`).
+          images: [batch, pixels], floats in [0, 1] or uint8 pixels (`vae_jax.inputs`).
           key: PRNG key of the z draws.
           beta: the KL weight of this step.
           weights: [batch], 1 for the images that count and 0 for padding; None: all 1.
@@ -154,8 +186,13 @@ class Objective:
           The scalar to minimise (nats per image), and the metrics `objective` (that same
           value), `loss` (recon + beta * KL), `recon` and `kl`, all in nats per image.
         """
+        images = self.inputs(apply_fn, images)
         if weights is None:
             weights = jnp.ones(images.shape[:1], jnp.float32)
+        elif jnp.shape(weights) != images.shape[:1]:
+            raise ValueError(
+                f"weights must be [batch] = {images.shape[:1]}, got {jnp.shape(weights)}"
+            )
         if self.gradient_estimator == "dreg":
             terms, surrogate = self._dreg_terms(params, apply_fn, images, key, beta, weights)
         else:
@@ -167,7 +204,7 @@ class Objective:
 
         recon, kl = batch_mean(terms.recon), batch_mean(terms.kl)
         if self.free_bits > 0:
-            if apply_fn({"params": params}, draw, method="analytic_kl") is None:
+            if apply_fn({"params": params}, draw, method=closed_form_kl) is None:
                 raise ValueError("free_bits needs a closed-form KL: one layer, prior N(0, I)")
             value = recon + beta * free_bits_kl(*draw.gaussians[0], weights, self.free_bits)
         else:
@@ -191,8 +228,8 @@ class Objective:
         built from the encoder (the VampPrior) passes its gradient through the first
         term. One pass of the generative model; its vjp taken twice, once per weighting.
         """
-        variables, images = {"params": params}, to_unit_interval(images)
-        draw = apply_fn(variables, images, key, self.num_samples, method="sample_posterior")
+        variables, images = {"params": params}, self.inputs(apply_fn, images)
+        draw = apply_fn(variables, images, key, self.num_samples, method=draw_posterior)
         fixed = {"params": jax.lax.stop_gradient(params)}
 
         def log_weights(params, z):
@@ -207,5 +244,5 @@ class Objective:
         _, z_grads = vjp(((1 - beta) * normalized + beta * jnp.square(normalized)) * image_weights)
         model_grads, z_grads = jax.lax.stop_gradient((model_grads, z_grads))
         bound_surrogate = optax.tree.vdot(z_grads, draw.z) + optax.tree.vdot(model_grads, params)
-        kl = apply_fn(variables, draw, method="analytic_kl")
+        kl = apply_fn(variables, draw, method=closed_form_kl)
         return negative_iwae_bound(recon, log_prior, log_q, beta, kl), -bound_surrogate
