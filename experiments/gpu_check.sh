@@ -7,9 +7,12 @@
 #
 #     OUT=/some/folder DATA=.gpu/mnist_idx bash experiments/gpu_check.sh
 #
-# Each step writes OUT/<step>.log; OUT/summary.txt says how each step ended. A wheel of
-# a package the image lacks (tensorboardX) may wait in $(dirname DATA)/*.whl. QUICK=1 runs
-# every step in a tiny setting, to rehearse the script on a CPU.
+# Each step writes OUT/<step>.log; OUT/summary.txt says how each step ended. Wheels of
+# the packages the image lacks wait in $(dirname DATA)/*.whl; made beforehand, where a
+# registry answers (one image seen had no tensorboardX, which the runs' TensorBoard files
+# need):
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 -d .gpu tensorboardX==2.6.4
+# QUICK=1 runs every step in a tiny setting, to rehearse the script on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder for the logs}

@@ -91,14 +91,20 @@ def idx_dir() -> pathlib.Path:
     return SLICE / "idx"
 
 
-def needs_tfds() -> None:
-    """Skips a test of the TFDS reader where tensorflow-datasets is not installed (a GPU
-    image may lack it; the commands run without it), except under CI=true, which has it."""
-    if importlib.util.find_spec("tensorflow_datasets") is None:
-        reason = "needs tensorflow-datasets (the TFDS reader), which is not installed"
+def needs_module(name: str, what: str) -> None:
+    """Skips a test that needs the optional module `name` where it is not installed (a GPU
+    image may lack it), saying so; under CI=true, which installs every extra, fails it."""
+    if importlib.util.find_spec(name) is None:
+        reason = f"needs {name} ({what}), which is not installed"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"CI installs the [all] extra: {reason}")
+            pytest.fail(f"CI installs the test extra: {reason}")
         pytest.skip(reason)
+
+
+def needs_tfds() -> None:
+    """Skips a test of the TFDS reader where tensorflow-datasets is not installed; the
+    commands run without it."""
+    needs_module("tensorflow_datasets", "the TFDS reader")
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,15 @@ def test_continuous_bernoulli_run_gets_true_ordered_bounds(idx_dir, tmp_path):
     assert results["protocol"]["true_likelihood"] and "note:" not in result.stderr
     neg = [results["bounds"][k]["neg_bound"] for k in ("1", "50")]
     assert all(np.isfinite(neg)) and neg[1] <= neg[0]
+
+
+def test_a_single_k_is_labelled_the_elbo_not_an_nll(tiny_vae):
+    model, params, images = tiny_vae
+    protocol = {"dataset": "mnist", "binarization": "dynamic", "reconstruction": "bernoulli"}
+    one = evaluate.evaluate_run(model, params, images, jax.random.key(0), (1,), show_progress=False)
+    assert "-L_1 (ELBO)" in evaluate.format_table(one, protocol)
+    assert "NLL" not in evaluate.format_table(one, protocol)
+    two = evaluate.evaluate_run(
+        model, params, images, jax.random.key(0), (1, 10), show_progress=False
+    )
+    assert "-L_10 (NLL)" in evaluate.format_table(two, protocol)

@@ -2,14 +2,17 @@
 
 import os
 
-import nbformat
 import pytest
-from conftest import REPO
+from conftest import REPO, needs_module
 from local_mirror import Mirror, shared_files
-from nbclient import NotebookClient
 
 
 def run_notebook(tmp_path):
+    needs_module("nbclient", "runs the notebook")
+    needs_module("ipykernel", "the notebook's kernel")
+    import nbformat
+    from nbclient import NotebookClient
+
     notebook = nbformat.read(REPO / "experiments" / "colab.ipynb", as_version=4)
     client = NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}

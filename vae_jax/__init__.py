@@ -3,6 +3,7 @@
 Where things are.
   The maths (pure functions, importable alone):
     models.py     VAE, HierarchicalVAE: the model interface; Encoder, Decoder, conv ones
+    convolutional.py  the VampPrior paper's ConvHVAE, as the networks of a HierarchicalVAE
     priors.py     StandardNormalPrior, VampPrior, MixtureOfGaussiansPrior
     likelihoods.py  p(x|z) as a value of the model: Bernoulli, Gaussian, ... or a function
     losses.py     per-image likelihoods, KL, ELBO, IWAE bound, free bits

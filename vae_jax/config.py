@@ -135,6 +135,18 @@ class Config:
         "layers (the ConvHVAE), one pair of gated convs per entry in each encoder, and the "
         "decoder's convs have the last; --hidden_sizes' first width is its dense layers'.",
     )
+    reconstruction: str = _field(
+        "model",
+        "bernoulli",
+        "Likelihood p(x|z): bernoulli (BCE); continuous_bernoulli (a true density of "
+        "grayscale pixels, Loaiza-Ganem & Cunningham 2019); gaussian; laplace.",
+        choices=RECONSTRUCTIONS,
+    )
+    recon_scale: float = _field(
+        "model",
+        DEFAULT_SCALE,
+        "Fixed std (gaussian) or scale (laplace) of p(x|z), in pixel units.",
+    )
     # Objective: recon + beta * KL, or the importance-weighted bound.
     objective: str = _field(
         "objective",
@@ -167,18 +179,6 @@ class Config:
         "objective",
         0.0,
         "Free bits: floor in nats on each latent dimension's batch-mean KL (0: off).",
-    )
-    reconstruction: str = _field(
-        "objective",
-        "bernoulli",
-        "Likelihood p(x|z): bernoulli (BCE); continuous_bernoulli (a true density of "
-        "grayscale pixels, Loaiza-Ganem & Cunningham 2019); gaussian; laplace.",
-        choices=RECONSTRUCTIONS,
-    )
-    recon_scale: float = _field(
-        "objective",
-        DEFAULT_SCALE,
-        "Fixed std (gaussian) or scale (laplace) of p(x|z), in pixel units.",
     )
     # Optimisation.
     epochs: int = _field("optimisation", 20, "Passes over the training set.")
