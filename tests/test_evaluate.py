@@ -1,14 +1,18 @@
 """The evaluate command and `evaluate_run`, end to end."""
 
 import json
+import os
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from test_precision import HIGHEST, dots
 
-from vae_jax import evaluate
+import vae_jax
+from vae_jax import bounds, data, evaluate, models
+from vae_jax.train import run_keys
 
 
 def test_evaluate_run_reports_bounds_in_order(tiny_vae):
@@ -24,14 +28,19 @@ def test_evaluate_run_reports_bounds_in_order(tiny_vae):
     assert len(results["kl_per_dim"]) == 3
 
 
-def run_module(module, *flags):
+def run_module(module, *flags, env=None):
     return subprocess.run(
-        [sys.executable, "-m", module, *flags], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", module, *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
-def train_then_evaluate(data_dir, workdir, train_flags, eval_flags):
-    """A 512-image run of vae_jax.main, then vae_jax.evaluate on it: (its result, eval.json)."""
+def train_then_evaluate(data_dir, workdir, train_flags, eval_flags, eval_env=None):
+    """A 512-image run of vae_jax.main, then vae_jax.evaluate on it (in `eval_env`, added to
+    the environment): (its result, eval.json)."""
     train = run_module(
         "vae_jax.main",
         f"--data_dir={data_dir}",
@@ -41,20 +50,31 @@ def train_then_evaluate(data_dir, workdir, train_flags, eval_flags):
         *train_flags,
     )
     assert train.returncode == 0, train.stderr
-    result = run_module("vae_jax.evaluate", f"--workdir={workdir}", *eval_flags)
+    result = run_module("vae_jax.evaluate", f"--workdir={workdir}", *eval_flags, env=eval_env)
     assert result.returncode == 0, result.stderr
     return result, json.loads((workdir / "eval.json").read_text())
 
 
 @pytest.mark.slow
 def test_evaluate_command_end_to_end(idx_dir, tmp_path):
-    workdir = tmp_path / "w"
+    workdir, dump = tmp_path / "w", tmp_path / "hlo"
+    # Under a device default of bfloat16 (a TPU's; a recent GPU's is TF32), with XLA's dump
+    # of every program the command compiles: each dot must still be at full precision.
+    bfloat16_default = {
+        "JAX_DEFAULT_MATMUL_PRECISION": "bfloat16",
+        "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
+        "JAX_ENABLE_COMPILATION_CACHE": "false",  # a cached program is neither compiled nor dumped
+    }
     result, results = train_then_evaluate(
         idx_dir,
         workdir,
         ["--epochs=1", "--latent=2", "--hidden_sizes=32", "--binarization=dynamic"],
         ["--num_images=300", "--num_samples=1,10,100"],
+        eval_env=bfloat16_default,
     )
+    found = [line for path in dump.glob("*.txt") for line in dots(path.read_text())]
+    assert len(found) > 20  # the bounds, the diagnostics and the pictures
+    assert [line for line in found if HIGHEST not in line] == []
     assert results["protocol"]["binarization"] == "dynamic" and results["num_images"] == 300
     neg = [results["bounds"][k]["neg_bound"] for k in ("1", "10", "100")]
     assert neg == sorted(neg, reverse=True)
@@ -77,7 +97,7 @@ def test_evaluate_command_refuses_a_folder_without_a_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_continuous_bernoulli_run_gets_true_ordered_bounds(idx_dir, tmp_path):
+def test_a_continuous_bernoulli_run_scores_itself_everywhere(idx_dir, tmp_path):
     workdir = tmp_path / "w"
     result, results = train_then_evaluate(
         idx_dir,
@@ -89,6 +109,20 @@ def test_continuous_bernoulli_run_gets_true_ordered_bounds(idx_dir, tmp_path):
     assert results["protocol"]["true_likelihood"] and "note:" not in result.stderr
     neg = [results["bounds"][k]["neg_bound"] for k in ("1", "50")]
     assert all(np.isfinite(neg)) and neg[1] <= neg[0]
+
+    # The run loaded from its folder scores with its own likelihood, with nothing else
+    # passed, as evaluate does; the Bernoulli's numbers would be far from these.
+    run = vae_jax.load_model(str(workdir))  # reads no data
+    assert run.model.likelihood == vae_jax.ContinuousBernoulli()
+    test_images = data.eval_inputs(data.read_idx_dir(str(idx_dir)).test_images[:200], "none")
+    key = jax.random.fold_in(run_keys(run.config.seed).eval, 50)  # evaluate's draws for k = 50
+    neg_bound = bounds.estimate_negative_bound(run.model, run.params, test_images, key, 50)
+    assert neg_bound.mean() == pytest.approx(results["bounds"]["50"]["neg_bound"], rel=1e-6)
+    bernoulli = run.model.clone(likelihood=vae_jax.Bernoulli())
+    wrong = bounds.estimate_negative_bound(bernoulli, run.params, test_images, key, 50).mean()
+    assert abs(wrong - results["bounds"]["50"]["neg_bound"]) > 10
+    samples = models.sample_images(run.model, run.params, jax.random.key(0), 4)
+    assert samples.shape == (4, 784) and np.all((samples >= 0) & (samples <= 1))
 
 
 def test_a_single_k_is_labelled_the_elbo_not_an_nll(tiny_vae):

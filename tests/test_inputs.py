@@ -48,9 +48,9 @@ FUNCTIONS = {
     "models.posterior": lambda x: models.posterior(MODEL, PARAMS, x)[0],
     "models.reconstruct_images": lambda x: models.reconstruct_images(MODEL, PARAMS, x),
     "losses.bernoulli_nll": lambda x: losses.bernoulli_nll(_logits(), x),
-    "losses.negative_elbo": lambda x: losses.negative_elbo(
-        _logits(), x, jnp.zeros((6, 4)), jnp.zeros((6, 4))
-    ).loss,
+    "losses.negative_elbo": lambda x: (
+        losses.negative_elbo(_logits(), x, jnp.zeros((6, 4)), jnp.zeros((6, 4))).loss
+    ),
     "losses.gaussian_nll": lambda x: losses.gaussian_nll(_logits(), x),
 }
 BATCH_FUNCTIONS = [name for name in FUNCTIONS if not name.startswith("losses.")]

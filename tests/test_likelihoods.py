@@ -1,10 +1,6 @@
 """p(x|z) as a value of the model (vae_jax/likelihoods.py): a model, and a loaded run,
 score, sample and reconstruct with their own likelihood, with nothing else passed."""
 
-import json
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +8,7 @@ import pytest
 
 import vae_jax
 from vae_jax import bounds, data, likelihoods, losses, models
-from vae_jax.train import init_params, run_keys
+from vae_jax.train import init_params
 
 
 @pytest.mark.parametrize("logit", [-30.0, -4.0, -0.5, -0.05, 0.0, 0.03, 0.09, 0.11, 1.0, 8.0])
@@ -74,39 +70,3 @@ def elbo_draws(model, params, images):
         return model.apply({"params": params}, image[None], key, method="sample_posterior").z[0][0]
 
     return jax.vmap(draw)(images, jnp.arange(len(images)))
-
-
-@pytest.mark.slow
-def test_a_loaded_run_scores_itself_as_evaluate_does(idx_dir, tmp_path):
-    workdir = tmp_path / "gaussian"
-    flags = [
-        f"--data_dir={idx_dir}",
-        f"--workdir={workdir}",
-        "--epochs=1",
-        "--num_train=512",
-        "--batch_size=128",
-        "--latent=4",
-        "--hidden_sizes=32",
-        "--reconstruction=gaussian",
-        "--notensorboard",
-    ]
-    for command in (
-        ["vae_jax.main", *flags[:2], *flags[2:]],
-        ["vae_jax.evaluate", f"--workdir={workdir}", "--num_images=200", "--num_samples=1,20"],
-    ):
-        result = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-2000:]
-    reported = json.loads((workdir / "eval.json").read_text())["bounds"]
-
-    run = vae_jax.load_model(str(workdir))  # reads no data: the model carries its likelihood
-    assert run.model.likelihood == likelihoods.Gaussian(0.1)
-    test_images = data.eval_inputs(data.read_idx_dir(str(idx_dir)).test_images[:200], "none")
-    for k in (1, 20):
-        key = jax.random.fold_in(run_keys(run.config.seed).eval, k)  # evaluate's draws
-        neg_bound = bounds.estimate_negative_bound(run.model, run.params, test_images, key, k)
-        assert neg_bound.mean() == pytest.approx(reported[str(k)]["neg_bound"], rel=1e-6)
-    bernoulli = run.model.clone(likelihood=likelihoods.Bernoulli())
-    wrong = bounds.estimate_negative_bound(bernoulli, run.params, test_images, key, 20).mean()
-    assert abs(wrong - reported["20"]["neg_bound"]) > 100  # what a Bernoulli would have said
-    samples = models.sample_images(run.model, run.params, jax.random.key(0), 4)
-    assert samples.shape == (4, 784) and np.all((samples >= 0) & (samples <= 1))

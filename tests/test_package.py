@@ -99,37 +99,28 @@ def test_the_commands_name_the_missing_extra_in_one_line():
 
 
 @pytest.mark.slow
-def test_the_commands_run_on_the_idx_files_without_tfds(idx_dir, tfds_dir, tmp_path):
-    no_tfds = {"tensorflow_datasets", "array_record"}
-    run = ["--num_train=256", "--batch_size=128", "--epochs=1", "--latent=2", "--hidden_sizes=16"]
-    result = _run_without(
-        no_tfds,
-        _command("vae_jax.main", *run, f"--data_dir={idx_dir}", f"--workdir={tmp_path / 'w'}"),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    result = _run_without(
-        no_tfds, _command("vae_jax.evaluate", f"--workdir={tmp_path / 'w'}", "--num_samples=1,5")
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    # A TFDS data dir is the one thing that needs TFDS: one line saying what to do.
-    result = _run_without(
-        no_tfds,
-        _command("vae_jax.main", *run, f"--data_dir={tfds_dir}", f"--workdir={tmp_path / 't'}"),
-    )
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "needs tensorflow-datasets" in result.stderr and "IDX files" in result.stderr
-
-
-def test_tensorboardx_is_needed_only_for_tensorboard_files(idx_dir, tmp_path):
+def test_the_command_runs_on_the_idx_files_without_tfds_or_tensorboardx(
+    idx_dir, tfds_dir, tmp_path
+):
+    # The [all] extra less tensorflow-datasets, array-record and tensorboardX, as one GPU
+    # image had it: IDX files and no TensorBoard files need none of them.
+    absent = {"tensorflow_datasets", "array_record", "tensorboardX"}
     run = ["--num_train=256", "--batch_size=128", "--epochs=1", "--latent=2", "--hidden_sizes=16"]
     where = [f"--data_dir={idx_dir}", f"--workdir={tmp_path / 'w'}"]
-    result = _run_without({"tensorboardX"}, _command("vae_jax.main", *run, *where))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "pass --notensorboard" in result.stderr and not (tmp_path / "w").exists()
-    result = _run_without(
-        {"tensorboardX"}, _command("vae_jax.main", *run, *where, "--notensorboard")
-    )
+    result = _run_without(absent, _command("vae_jax.main", *run, *where, "--notensorboard"))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "w" / "params.msgpack").exists()
+    # What needs them says so in one line, before any work: TensorBoard files ...
+    result = _run_without(
+        absent, _command("vae_jax.main", *run, *where[:1], f"--workdir={tmp_path / 't'}")
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "pass --notensorboard" in result.stderr and not (tmp_path / "t").exists()
+    # ... and a TFDS data dir.
+    tfds_run = [*run, f"--data_dir={tfds_dir}", f"--workdir={tmp_path / 't'}", "--notensorboard"]
+    result = _run_without(absent, _command("vae_jax.main", *tfds_run))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "needs tensorflow-datasets" in result.stderr and "IDX files" in result.stderr
 
 
 def test_train_and_evaluate_refuses_at_once_on_the_core_install(idx_dir, tmp_path):

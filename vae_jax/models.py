@@ -42,9 +42,8 @@ from vae_jax.likelihoods import Bernoulli
 from vae_jax.losses import log_normal_diag
 from vae_jax.priors import StandardNormalPrior
 
-# What the library reads of a model (see the module docstring): required, then optional.
+# What the library requires of a model (see the module docstring for the optional rest).
 MODEL_INTERFACE = ("image_size", "latent_sizes", "posterior", "log_prior", "decode", "sample_prior")
-OPTIONAL_INTERFACE = ("likelihood", "analytic_kl", "log_posterior")
 
 
 def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -265,8 +264,7 @@ class SamplesPosterior:
         self, x: jax.Array, key: jax.Array, num_samples: int | None = None
     ) -> PosteriorDraw:
         """Draws z ~ q(z|x) from `key`: one per image, or `num_samples` ([k, batch, ...])."""
-        shape = x.shape[:-1] if num_samples is None else (num_samples, *x.shape[:-1])
-        return self.posterior(x, draw_noise(key, self.latent_sizes, shape))
+        return draw_posterior(self, x, key, num_samples)
 
 
 def _adopt(module: nn.Module, field: str, default: Callable[[], Any]) -> None:
@@ -549,12 +547,18 @@ def model_images(
 # --- Helpers for a trained model (pictures, diagnostics), at full float32 precision ---------
 
 
+def _posterior_at_means(model, params, images: jax.Array) -> PosteriorDraw:
+    """q(z|x) with zero noise: z is the path of posterior means, each layer's mean given
+    the mean of the layer above."""
+    images = to_unit_interval(images)
+    zeros = tuple(jnp.zeros((*images.shape[:-1], size)) for size in model.latent_sizes)
+    return model.apply({"params": params}, images, zeros, method="posterior")
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def _posterior_gaussians(model, params, images: jax.Array):
     with precision.scoring():
-        images = to_unit_interval(images)
-        zeros = tuple(jnp.zeros((*images.shape[:-1], size)) for size in model.latent_sizes)
-        return model.apply({"params": params}, images, zeros, method="posterior").gaussians
+        return _posterior_at_means(model, params, images).gaussians
 
 
 def posterior_gaussians(model, params, images):
@@ -618,11 +622,7 @@ def sample_images(model, params, key: jax.Array, num_images: int) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("model",))
 def _reconstruct_images(model, params, images):
     with precision.scoring():
-        images = to_unit_interval(images)
-        # Zero noise: z is the path of posterior means (each layer's given the one above).
-        zeros = tuple(jnp.zeros((*images.shape[:-1], size)) for size in model.latent_sizes)
-        draw = model.apply({"params": params}, images, zeros, method="posterior")
-        return _mean_pixels(model, params, draw.z)
+        return _mean_pixels(model, params, _posterior_at_means(model, params, images).z)
 
 
 def reconstruct_images(model, params, images) -> jax.Array:
