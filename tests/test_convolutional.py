@@ -13,7 +13,7 @@ from vae_jax.models import HierarchicalVAE
 from vae_jax.priors import VampPrior
 from vae_jax.train import create_train_state, train_step
 
-SMALL = dict(latent=(4, 3), channels=(4, 8), hidden=16, num_decoder_convs=2)
+SMALL = dict(latent=(4, 3), channels=(4,), hidden=16, num_decoder_convs=1)
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +32,16 @@ def trained(images):
 def test_the_networks_and_their_shapes(trained):
     model, params, _, _ = trained
     assert isinstance(model, HierarchicalVAE) and model.latent_sizes == (4, 3)
-    # Encoders: two stride-2 pairs of gated convs (value and gate each) and a feature conv;
-    # the lower one also takes z_2 through a gated dense layer, joined by another.
-    assert sorted(params["encoders_1"]) == [
-        "conv1", "conv2", "conv3", "conv4", "conv_features", "fc_mean_logvar"
-    ]  # fmt: skip
+    # Encoders: a stride-2 pair of gated convs (value and gate each) per channel count and a
+    # feature conv; the lower one also takes z_2 through a gated dense layer, joined by another.
+    assert sorted(params["encoders_1"]) == ["conv1", "conv2", "conv_features", "fc_mean_logvar"]
     assert {"fc_z_above", "fc_joint"} <= set(params["encoders_0"])
     assert params["encoders_1"]["conv1"]["value"]["kernel"].shape == (7, 7, 1, 4)
     assert params["encoders_0"]["conv1"]["value"]["kernel"].shape == (3, 3, 1, 4)
-    assert params["encoders_1"]["fc_mean_logvar"]["kernel"].shape == (7 * 7 * 6, 2 * 3)
-    assert params["decoder"]["conv_logits"]["kernel"].shape == (1, 1, 8, 1)
+    assert params["encoders_1"]["conv2"]["gate"]["kernel"].shape == (3, 3, 4, 4)
+    assert params["encoders_1"]["fc_mean_logvar"]["kernel"].shape == (14 * 14 * 6, 2 * 3)
+    assert sorted(params["decoder"]) == ["conv1", "conv_logits", "fc_joint", "fc_z1", "fc_z2"]
+    assert params["decoder"]["conv_logits"]["kernel"].shape == (1, 1, 4, 1)
     x = jax.ShapeDtypeStruct((5, 784), np.float32)
     noise = (
         jax.ShapeDtypeStruct((2, 5, 4), np.float32),
@@ -96,3 +96,4 @@ def test_the_command_line_builds_it():
     model = config.build_model((28, 28, 1))
     assert isinstance(model.decoder, type(conv_hierarchical_vae().decoder))
     assert isinstance(model.prior, VampPrior) and model.encoders[-1].channels == (4, 8)
+    assert model.encoders[0].hidden == 16 and model.decoder.channels == 8
