@@ -510,12 +510,14 @@ def closed_form_kl(model, draw: PosteriorDraw) -> jax.Array | None:
     return None if analytic_kl is None else analytic_kl(draw)
 
 
-def negative_log_likelihood(model, images: jax.Array, z) -> jax.Array:
-    """-log p(x|z) under the model's likelihood, [*sample_shape, batch], for draws z whose
-    sample axes lead; `images` [batch, pixels] in [0, 1] broadcast over them."""
+def negative_log_likelihood(model, images: jax.Array, z, likelihood=None) -> jax.Array:
+    """-log p(x|z), [*sample_shape, batch], for draws z whose sample axes lead; `images`
+    [batch, pixels] in [0, 1] broadcast over them. Under the model's likelihood, or
+    `likelihood` when given."""
     output = model.decode(z)
     images = images.reshape((1,) * (output.ndim - images.ndim) + images.shape)
-    return likelihoods.of_model(model).nll(output, images)
+    likelihood = likelihoods.of_model(model) if likelihood is None else likelihood
+    return likelihood.nll(output, images)
 
 
 def check_model(model) -> None:

@@ -108,8 +108,12 @@ class Objective:
     def likelihood(self, model):
         """The likelihood this objective scores `model` with: the model's, unless the
         deprecated `reconstruction` overrides it."""
+        override = self._likelihood_override()
+        return likelihoods.of_model(model) if override is None else override
+
+    def _likelihood_override(self):
         if self.reconstruction is None:
-            return likelihoods.of_model(model)
+            return None
         return likelihoods.resolve(self.reconstruction, self.recon_scale)
 
     def inputs(self, apply_fn, images, check_values_on_device: bool = False) -> jax.Array:
@@ -126,12 +130,8 @@ class Objective:
 
     def scores(self, variables, apply_fn, images, z):
         """-log p(x|z) and log p(z) of draws z (sample axes leading): each [..., batch]."""
-        if self.reconstruction is None:
-            recon = apply_fn(variables, images, z, method=negative_log_likelihood)
-        else:
-            output = apply_fn(variables, z, method="decode")
-            images = images.reshape((1,) * (output.ndim - images.ndim) + images.shape)
-            recon = likelihoods.resolve(self.reconstruction, self.recon_scale).nll(output, images)
+        override = self._likelihood_override()
+        recon = apply_fn(variables, images, z, override, method=negative_log_likelihood)
         return recon, apply_fn(variables, z, method="log_prior")
 
     def elbo(
