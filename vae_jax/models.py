@@ -520,6 +520,11 @@ def negative_log_likelihood(model, images: jax.Array, z, likelihood=None) -> jax
     return likelihood.nll(output, images)
 
 
+def model_of(apply_fn):
+    """The model whose `apply` is `apply_fn` (a TrainState's), or None for another function."""
+    return getattr(apply_fn, "__self__", None)
+
+
 def check_model(model) -> None:
     """Raises ValueError naming what `model` lacks of the interface (`MODEL_INTERFACE`)."""
     missing = [name for name in MODEL_INTERFACE if not hasattr(model, name)]

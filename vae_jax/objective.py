@@ -33,6 +33,7 @@ from vae_jax.models import (
     closed_form_kl,
     draw_posterior,
     model_images,
+    model_of,
     negative_log_likelihood,
 )
 from vae_jax.schedules import BetaSchedule
@@ -118,7 +119,7 @@ class Objective:
 
     def inputs(self, apply_fn, images, check_values_on_device: bool = False) -> jax.Array:
         """`images` through the input boundary for the model of `apply_fn`, in [0, 1]."""
-        model = getattr(apply_fn, "__self__", None)
+        model = model_of(apply_fn)
         if model is not None:
             images = model_images(
                 model,

@@ -21,7 +21,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from vae_jax import data, parallel
-from vae_jax.models import check_model, draw_noise, model_images
+from vae_jax.models import check_model, draw_noise, model_images, model_of
 from vae_jax.objective import Objective
 
 
@@ -144,7 +144,7 @@ def train_step(
     Raises:
       ValueError: images the model cannot take (`vae_jax.inputs`), before any device work.
     """
-    model = getattr(state.apply_fn, "__self__", None)
+    model = model_of(state.apply_fn)
     if model is not None:
         images = model_images(
             model, images, check_values_on_device=False, likelihood=objective.likelihood(model)
@@ -269,7 +269,7 @@ def train_epoch_stepwise(
 def _checked_train_images(state, train_images):
     """The training set's dtype and shape checked for the state's model (statically: it
     is on the device, where reading its values would cost a wait)."""
-    model = getattr(state.apply_fn, "__self__", None)
+    model = model_of(state.apply_fn)
     if model is None:
         return train_images
     return model_images(model, train_images, check_values_on_device=False, name="train_images")
