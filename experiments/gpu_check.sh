@@ -18,25 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder for the logs}
 DATA=${DATA:-.gpu/mnist_idx}
 QUICK=${QUICK:-0}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD XLA_PYTHON_CLIENT_PREALLOCATE=false
-if compgen -G "$(dirname "$DATA")/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-deps --target /tmp/site "$(dirname "$DATA")"/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-
-step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, logs it
-  local name=$1 limit=$2
-  shift 2
-  local start=$SECONDS
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  local status=$?
-  echo "$name: exit $status in $((SECONDS - start)) s (limit $limit s)" >>"$OUT/summary.txt"
-}
-
-python3 -c 'import jax, flax, optax; print(jax.__version__, flax.__version__, optax.__version__, jax.devices())' \
-  >"$OUT/versions.txt" 2>&1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$OUT/versions.txt" 2>&1
+source experiments/gpu_env.sh
 
 if [ "$QUICK" = 1 ]; then
   tests=(tests/test_losses.py tests/test_precision.py)

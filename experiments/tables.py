@@ -46,7 +46,8 @@ continuous: the reference protocol (20 epochs) with the Bernoulli and with the
 
 Runs go to --workdir/<table>/<name>; a finished run is reused (delete it to retrain), and
 so is an eval.json that holds the bounds asked for. A run that was cut short resumes
-from its last checkpoint.
+from its last checkpoint. SIGINT or SIGTERM (`timeout`'s) stops a training run after its
+epoch, with a checkpoint, and exits 128 + the signal's number: the same command resumes.
 """
 
 import dataclasses
@@ -60,7 +61,7 @@ import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from vae_jax import bounds, data, parallel, plots
+from vae_jax import bounds, cli, data, parallel, plots
 from vae_jax.config import Config
 from vae_jax.errors import InputError
 from vae_jax.evaluate import EVAL_FILE, PARAMS_FILES, evaluate_run, evaluate_workdir
@@ -213,6 +214,12 @@ BURDA_NLL = {
 _NOT_SETTINGS = frozenset(
     {"data_dir", "workdir", "download", "checkpoint_every", "keep_checkpoints"}
 )
+# SIGINT and SIGTERM, while a table runs: the run in training stops after its epoch.
+_STOP = cli.StopOnSignal()
+
+
+class Stopped(Exception):  # noqa: N818 (a stop that was asked for, not an error)
+    """A run stopped by a signal, after a checkpoint."""
 
 
 def train(
@@ -236,8 +243,8 @@ def train(
                 f"{workdir} holds a finished run with other {', '.join(differ)}; delete it "
                 "to retrain, or name another --workdir"
             )
-    else:
-        train_and_evaluate(config)
+    elif train_and_evaluate(config, should_stop=_STOP.requested).get("stopped"):
+        raise Stopped(f"{workdir} stopped with a checkpoint; the same command resumes it")
     return config, read_metrics(os.path.join(workdir, METRICS_FILE))
 
 
@@ -551,10 +558,14 @@ def main(argv):
         raise app.UsageError(f"name one table: {', '.join(TABLES)}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines off the console
     try:
-        TABLES[argv[1]]()
+        with _STOP:
+            TABLES[argv[1]]()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + _STOP.signal_number)
 
 
 if __name__ == "__main__":

@@ -204,8 +204,8 @@ def test_an_earlier_run_is_kept(idx_dir, tmp_path):
 
 
 def test_an_interrupt_that_a_callback_swallowed_still_stops_before_training(capsys):
+    from vae_jax.cli import InterruptBeforeTraining
     from vae_jax.errors import InputError
-    from vae_jax.main import InterruptBeforeTraining
 
     previous = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as stopped, InterruptBeforeTraining():
@@ -219,7 +219,7 @@ def test_an_interrupt_that_a_callback_swallowed_still_stops_before_training(caps
 
 
 def test_an_interrupt_landing_in_a_gc_callback_is_delivered_again(capsys):
-    from vae_jax.main import InterruptBeforeTraining
+    from vae_jax.cli import InterruptBeforeTraining
 
     def interrupt_once(phase, info):
         del info

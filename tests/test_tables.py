@@ -1,7 +1,9 @@
 """experiments/tables.py end to end: the long-run table, in a short setting, on all of MNIST."""
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -23,6 +25,23 @@ def run_tables(*flags):
     )
 
 
+def stop_in_first_epoch(*flags) -> subprocess.CompletedProcess:
+    """Runs tables.py and sends it SIGTERM once its training has compiled."""
+    command = [sys.executable, str(REPO / "experiments" / "tables.py"), *flags]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
+    ) as process:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("compiled in"):
+                process.send_signal(signal.SIGTERM)
+                break
+        stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines) + stdout, stderr)
+
+
 def test_long_table_scores_the_best_epoch_and_reuses_its_run(full_data, tmp_path):
     flags = [
         "long",
@@ -31,9 +50,19 @@ def test_long_table_scores_the_best_epoch_and_reuses_its_run(full_data, tmp_path
         f"--workdir={tmp_path}",
         f"--data_dir={full_data / 'mnist_idx'}",
     ]
+    table_dir, run_dir = tmp_path / "long", tmp_path / "long" / "vae"
+    # SIGTERM (a time limit's) stops the run after its first epoch with a checkpoint ...
+    stopped = stop_in_first_epoch(*flags, "--epochs=2")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"{run_dir} stopped with a checkpoint; the same command resumes it"
+    )
+    assert [r["epoch"] for r in read_metrics(str(run_dir / METRICS_FILE))] == [1]
+    assert not (table_dir / "table.md").exists()
+    # ... and the same command resumes it, then scores it.
     first = run_tables(*flags, "--epochs=2")
     assert first.returncode == 0, first.stderr
-    table_dir, run_dir = tmp_path / "long", tmp_path / "long" / "vae"
+    assert "resuming from the checkpoint of epoch 1" in first.stdout
 
     history = read_metrics(str(run_dir / METRICS_FILE))
     best = min(history, key=lambda record: record["valid_elbo"])
