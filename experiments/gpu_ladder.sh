@@ -6,12 +6,14 @@
 #     OUT=/some/folder RUNS=vamp_gpu bash experiments/gpu_ladder.sh
 #
 # Runs `tables.py ladder --runs=$RUNS` for at most BUDGET_S seconds (default 480): at the
-# limit SIGTERM stops the run in training after its epoch, with a checkpoint. A row that
-# finished leaves OUT/table.md and OUT/curves.png. A row cut short leaves what resumes it,
+# limit SIGTERM stops the run in training after its epoch, with a checkpoint, or stops its
+# scoring, keeping the parts that finished (eval_partial.npz). A row that finished leaves
+# OUT/table.md and OUT/curves.png. A row cut short leaves what resumes it,
 # OUT/ladder.tar.part-*: copy those into CARRY (default .gpu/ladder) and carry .gpu in the
-# next command, which resumes where this one stopped. Only the newest checkpoint travels:
-# about 47 MiB for vamp_two_layers_gpu, within the 64 MiB a command may carry; the
-# ConvHVAE's (79 MiB) does not fit, so its row must finish inside one command.
+# next command, which resumes where this one stopped; empty CARRY once the row is done.
+# Only the newest checkpoint travels: about 47 MiB for vamp_two_layers_gpu, within the
+# 64 MiB a command may carry. The ConvHVAE's training state (79 MiB) is not, so its
+# training must finish inside one command; its scoring (32 MiB to carry) may span several.
 # OUT/ladder.log is the table's console; OUT/summary.txt says how it ended.
 # QUICK=1 rehearses the script on a CPU: 3 epochs a row, k = 2 for the NLL.
 set -uo pipefail
@@ -47,7 +49,7 @@ fi
   for run in ladder/*/; do
     run=${run%/}
     [ -f "$run/config.json" ] || continue
-    find "$run" -maxdepth 1 -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.msgpack' \)
+    find "$run" -maxdepth 1 -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.msgpack' -o -name '*.npz' \)
     if [ ! -f "$run/params.msgpack" ] && [ -d "$run/checkpoints" ]; then
       newest=$(find "$run/checkpoints" -mindepth 1 -maxdepth 1 -name '[0-9]*' -printf '%f\n' | sort -n | tail -1)
       [ -n "$newest" ] && echo "$run/checkpoints/$newest"

@@ -47,7 +47,9 @@ continuous: the reference protocol (20 epochs) with the Bernoulli and with the
 Runs go to --workdir/<table>/<name>; a finished run is reused (delete it to retrain), and
 so is an eval.json that holds the bounds asked for. A run that was cut short resumes
 from its last checkpoint. SIGINT or SIGTERM (`timeout`'s) stops a training run after its
-epoch, with a checkpoint, and exits 128 + the signal's number: the same command resumes.
+epoch, with a checkpoint, and exits 128 + the signal's number; during scoring they stop at
+once, and the parts of the bounds that finished are kept (eval_partial.npz). Either way
+the same command resumes.
 """
 
 import dataclasses
@@ -133,9 +135,14 @@ LADDER_RUNS["vamp_two_layers_gpu"] = dataclasses.replace(
 )
 # The paper's ConvHVAE (vae_jax/convolutional.py): gated convs of 32 and 64 channels, dense
 # layers of 300, 500 pseudo-inputs. Trained with the ELBO, as in the paper, not IWAE k = 5:
-# the decoder's four gated 64-channel convs run once per draw, so k = 5 would cost 5x an
-# epoch that is already the ladder's dearest (about 1 TFLOP a step at k = 1, estimated
-# from the layer sizes: about 0.4 s an epoch on an H200, not measured).
+# the decoder's four gated 64-channel convs at 28x28 run once per draw. XLA's count of its
+# programs (2026-12-04): 353 GFLOP a training step at batch 256, 69 TFLOP an epoch, 18x
+# the two-layer MLP's; and 340 MFLOP a draw to score, so -L_5000 on the 10,000 test images
+# is 17 PFLOP at full float32 precision, minutes of an H200 on its own. Its training state
+# (79 MiB with the best parameters) is over the 64 MiB a lent GPU's command may carry, so
+# its training must finish inside one command; its scoring resumes across commands
+# (evaluate's eval_partial.npz). 300 epochs are 21 PFLOP: 7 minutes at 50 TFLOP/s, a third
+# of the TF32 matmul peak measured there. Not measured: its epoch time.
 LADDER_RUNS["conv_vamp_two_layers"] = dataclasses.replace(
     LADDER_RUNS["vamp_two_layers_gpu"],
     architecture="conv",
@@ -144,6 +151,7 @@ LADDER_RUNS["conv_vamp_two_layers"] = dataclasses.replace(
     objective="elbo",
     num_samples=1,
     gradient_estimator="standard",
+    epochs=300,
 )
 LADDER_TARGETS = {
     "seed": "84.5",
@@ -214,12 +222,10 @@ BURDA_NLL = {
 _NOT_SETTINGS = frozenset(
     {"data_dir", "workdir", "download", "checkpoint_every", "keep_checkpoints"}
 )
-# SIGINT and SIGTERM, while a table runs: the run in training stops after its epoch.
-_STOP = cli.StopOnSignal()
 
 
 class Stopped(Exception):  # noqa: N818 (a stop that was asked for, not an error)
-    """A run stopped by a signal, after a checkpoint."""
+    """A run stopped by a signal, after a checkpoint: (message, signal number)."""
 
 
 def train(
@@ -243,8 +249,14 @@ def train(
                 f"{workdir} holds a finished run with other {', '.join(differ)}; delete it "
                 "to retrain, or name another --workdir"
             )
-    elif train_and_evaluate(config, should_stop=_STOP.requested).get("stopped"):
-        raise Stopped(f"{workdir} stopped with a checkpoint; the same command resumes it")
+    else:
+        # SIGINT or SIGTERM stops the run after its epoch, with a checkpoint; while it is
+        # scored, they stop at once, keeping the parts of the bounds that finished.
+        with cli.StopOnSignal() as stop:
+            train_and_evaluate(config, should_stop=stop.requested)
+        if stop.requested():
+            message = f"{workdir} stopped with a checkpoint; the same command resumes it"
+            raise Stopped(message, stop.signal_number)
     return config, read_metrics(os.path.join(workdir, METRICS_FILE))
 
 
@@ -558,14 +570,14 @@ def main(argv):
         raise app.UsageError(f"name one table: {', '.join(TABLES)}")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines off the console
     try:
-        with _STOP:
-            TABLES[argv[1]]()
+        TABLES[argv[1]]()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Stopped as e:
-        print(e, file=sys.stderr)
-        sys.exit(128 + _STOP.signal_number)
+        message, signal_number = e.args
+        print(message, file=sys.stderr)
+        sys.exit(128 + signal_number)
 
 
 if __name__ == "__main__":

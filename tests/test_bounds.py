@@ -170,3 +170,18 @@ def test_active_units_and_kl_per_dimension():
 def test_mean_and_stderr():
     value, stderr = bounds.mean_and_stderr(np.array([1.0, 2.0, 3.0, 4.0]))
     assert value == 2.5 and stderr == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+
+
+def test_image_ids_fix_each_images_draws(tiny_vae):
+    model, params, images = tiny_vae
+    key = jax.random.key(3)
+    whole = bounds.estimate_negative_bound(model, params, images, key, 5)
+    tail = bounds.estimate_negative_bound(
+        model, params, images[10:], key, 5, image_ids=np.arange(10, 30)
+    )
+    np.testing.assert_allclose(tail, whole[10:], rtol=1e-6)
+    shifted = bounds.estimate_negative_bound(model, params, images[10:], key, 5)
+    assert not np.allclose(shifted, whole[10:])  # other ids, other draws
+    for bad in (np.arange(5), np.arange(20.0), np.arange(-1, 19)):
+        with pytest.raises(ValueError, match="image_ids must"):
+            bounds.estimate_negative_bound(model, params, images[10:], key, 5, image_ids=bad)

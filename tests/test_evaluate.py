@@ -88,6 +88,7 @@ def test_evaluate_command_end_to_end(idx_dir, tmp_path):
         "training_curves.png",
     ):
         assert (workdir / name).stat().st_size > 1000, name
+    assert not (workdir / evaluate.PARTIAL_FILE).exists()  # eval.json holds the bounds now
 
 
 def test_evaluate_command_refuses_a_folder_without_a_run(tmp_path):
@@ -135,3 +136,29 @@ def test_a_single_k_is_labelled_the_elbo_not_an_nll(tiny_vae):
         model, params, images, jax.random.key(0), (1, 10), show_progress=False
     )
     assert "-L_10 (NLL)" in evaluate.format_table(two, protocol)
+
+
+def test_a_stopped_evaluation_resumes_from_its_parts(tiny_vae, tmp_path):
+    model, params, images = tiny_vae
+    key, path = jax.random.key(4), str(tmp_path / evaluate.PARTIAL_FILE)
+    whole = bounds.estimate_negative_bound(model, params, images, jax.random.fold_in(key, 7), 7)
+    # In parts, each image keeps its draws: the numbers of one call.
+    in_parts = evaluate.evaluate_run(model, params, images, key, (7,), partial_path=path)
+    assert in_parts["bounds"]["7"]["neg_bound"] == pytest.approx(whole.mean(), rel=1e-6)
+    with np.load(path) as saved:
+        np.testing.assert_allclose(saved["-L_7"], whole, rtol=1e-6)
+        fingerprint = str(saved["fingerprint"])
+    # A part found in the file is not scored again: mark one part's images, and an
+    # evaluation of the same model, parameters, images and key takes them as they are.
+    marked = whole.copy()
+    marked[:2] = 1000.0  # 30 images in 20 parts: 2 a part
+    np.savez(path, fingerprint=fingerprint, **{"-L_7": marked})
+    resumed = evaluate.evaluate_run(model, params, images, key, (7,), partial_path=path)
+    assert resumed["bounds"]["7"]["neg_bound"] == pytest.approx(marked.mean(), rel=1e-6)
+    # Other parameters make another fingerprint: the file is ignored, then replaced.
+    other_params = jax.tree.map(lambda p: p + 0.01, params)
+    other = evaluate.evaluate_run(model, other_params, images, key, (7,), partial_path=path)
+    assert other["bounds"]["7"]["neg_bound"] < 1000.0
+    with np.load(path) as saved:
+        assert str(saved["fingerprint"]) != fingerprint
+        assert not np.isnan(saved["-L_7"]).any()

@@ -280,6 +280,7 @@ def estimate_negative_bound(
     mesh: Mesh | None = None,
     max_rows: int = 8192,
     progress: bool = False,
+    image_ids: np.ndarray | None = None,
 ) -> np.ndarray:
     """-L_k for every image, [num_images], as float64 on the host (nats, lower is better).
 
@@ -293,17 +294,20 @@ def estimate_negative_bound(
       num_samples: k >= 1.
       objective: only its deprecated `reconstruction` is used.
       mesh: split the images over its devices (params replicated over it); None: one device.
+      image_ids: [num_images] ints, each image's index in its data set, which fixes its
+        draws (None: 0, 1, ...): a slice of a data set scored with its ids gives the
+        numbers that scoring the whole would give it.
     """
     for name, value in (("num_samples", num_samples), ("max_rows", max_rows)):
         if not (isinstance(value, int | np.integer) and value >= 1):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     images = np.asarray(model_images(model, images, likelihood=objective.likelihood(model)))
+    image_ids = _checked_ids(image_ids, len(images))
     num_devices = 1 if mesh is None else mesh.devices.size
     plan = _plan_calls(len(images), num_devices, int(num_samples), int(max_rows), progress)
-    images = np.concatenate(
-        [images, np.zeros((plan.padded - len(images), *images.shape[1:]), images.dtype)]
-    )
-    image_ids = np.arange(plan.padded)
+    padding = plan.padded - len(images)
+    images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+    image_ids = np.concatenate([image_ids, np.zeros(padding, image_ids.dtype)])
     score = functools.partial(
         model_negative_bound,
         model,
@@ -316,7 +320,7 @@ def estimate_negative_bound(
         images_per_step=plan.images_per_step,
     )
     bounds = []
-    bar = _progress_bar(plan.num_images, f"-L_{num_samples}", "image", None if progress else True)
+    bar = progress_bar(plan.num_images, f"-L_{num_samples}", "image", None if progress else True)
     with bar as bar:
         for start in range(0, plan.padded, plan.call_images):
             window = slice(start, start + plan.call_images)
@@ -326,6 +330,19 @@ def estimate_negative_bound(
             bounds.append(np.asarray(jax.device_get(score(*inputs)), np.float64))
             bar.update(min(plan.call_images, plan.num_images - start))
     return np.concatenate(bounds)[: plan.num_images]
+
+
+def _checked_ids(image_ids, num_images: int) -> np.ndarray:
+    if image_ids is None:
+        return np.arange(num_images, dtype=np.int32)
+    ids = np.asarray(image_ids)
+    if ids.shape != (num_images,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            f"image_ids must be {num_images} ints, one per image, got {ids.dtype} {ids.shape}"
+        )
+    if num_images and (ids.min() < 0 or ids.max() > np.iinfo(np.int32).max):
+        raise ValueError("image_ids must lie in [0, 2**31): they are folded into the key")
+    return ids.astype(np.int32)
 
 
 class _CallPlan(NamedTuple):
@@ -348,7 +365,7 @@ def _plan_calls(num_images, num_devices, num_samples, max_rows, progress) -> _Ca
     )
 
 
-def _progress_bar(total: int, desc: str, unit: str, disable: bool | None):
+def progress_bar(total: int, desc: str, unit: str, disable: bool | None):
     """tqdm's bar (an extra of vae_jax: `pip install 'vae_jax[all]'`), or none without it."""
     try:
         import tqdm

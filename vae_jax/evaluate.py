@@ -6,13 +6,17 @@ loads a run's model and parameters (`vae_jax.load_model`), scores the test set w
 `vae_jax.bounds` over every device, with the run's likelihood, in float32 whatever the
 run's --dtype and with every matmul at HIGHEST precision whatever the device's default
 (`vae_jax.precision`), writes `eval.json` and the pictures to W and prints a table.
-Every number is in nats per image and carries its standard error over images.
+Every number is in nats per image and carries its standard error over images. The bounds
+are scored in 20 parts, each saved to W/eval_partial.npz as it finishes: a stopped
+evaluation (Ctrl-C, a time limit) resumes from there when run again.
 """
 
 from vae_jax.errors import require_command_extra
 
 require_command_extra("python -m vae_jax.evaluate", as_command=__name__ == "__main__")
 
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -24,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
+from flax import serialization
 
 from vae_jax import bounds, cli, data, parallel, plots, precision, workdir
 from vae_jax.errors import InputError
@@ -32,6 +37,8 @@ from vae_jax.objective import Objective
 from vae_jax.train import run_keys
 
 EVAL_FILE = "eval.json"
+PARTIAL_FILE = "eval_partial.npz"  # the bounds scored so far, while an evaluation runs
+NUM_PARTS = 20  # of the test images, each a compiled call and a save of PARTIAL_FILE
 # --params: which of a run's parameter files to score.
 PARAMS_FILES = {"final": workdir.PARAMS_FILE, "best": workdir.BEST_PARAMS_FILE}
 
@@ -46,6 +53,7 @@ def evaluate_run(
     objective: Objective = Objective(),
     mesh: jax.sharding.Mesh | None = None,
     show_progress: bool = True,
+    partial_path: str | None = None,
 ) -> dict:
     """Bounds -L_k for each k, the NLL estimate (largest k), the gap and diagnostics.
 
@@ -53,22 +61,36 @@ def evaluate_run(
     full precision. `objective`: only its deprecated `reconstruction` is used. `mesh`:
     split the images over its devices. The diagnostics are those of the posterior
     means, layer by layer from the data up (`layers`), and concatenated.
+
+    With `show_progress` or `partial_path`, the images are scored in `NUM_PARTS` parts
+    (a bar advances with each). `partial_path`: a file (`PARTIAL_FILE`) where each part is
+    saved as it finishes, and whose parts are not scored again when it holds the same
+    model, parameters, images and key; the numbers are the same either way.
     """
     model = with_dtype(model, jnp.float32)
+    partial = PartialBounds(
+        partial_path if jax.process_count() == 1 else None,
+        fingerprint(model, params, test_images, key),
+    )
     if mesh is not None:
         params = parallel.put_replicated(params, mesh)
     results: dict = {"num_images": len(test_images), "bounds": {}}
     for num_samples in sorted(sample_counts):
         start = time.perf_counter()
-        neg_bound = bounds.estimate_negative_bound(
-            model,
-            params,
+        neg_bound = negative_bound_in_parts(
+            functools.partial(
+                bounds.estimate_negative_bound,
+                model,
+                params,
+                key=jax.random.fold_in(key, num_samples),
+                num_samples=num_samples,
+                objective=objective,
+                mesh=mesh,
+            ),
             test_images,
-            jax.random.fold_in(key, num_samples),
-            num_samples,
-            objective=objective,
-            mesh=mesh,
-            progress=show_progress,
+            partial,
+            f"-L_{num_samples}",
+            NUM_PARTS if show_progress or partial_path else 1,
         )
         value, stderr = bounds.mean_and_stderr(neg_bound)
         results["bounds"][str(num_samples)] = {
@@ -83,6 +105,66 @@ def evaluate_run(
     if "1" in results["bounds"] and int(largest) > 1:  # k = 1 alone estimates no NLL
         results["elbo_nll_gap"] = results["bounds"]["1"]["neg_bound"] - results["nll"]
     return {**results, **latent_diagnostics(model, params, test_images)}
+
+
+def fingerprint(model, params, images: np.ndarray, key: jax.Array) -> str:
+    """A digest of what fixes an evaluation's numbers: the model, its parameters, the
+    images and the key."""
+    digest = hashlib.sha256(repr(model).encode())
+    digest.update(serialization.to_bytes(params))
+    digest.update(np.ascontiguousarray(images).tobytes())
+    digest.update(np.asarray(jax.random.key_data(key)).tobytes())
+    return digest.hexdigest()
+
+
+class PartialBounds:
+    """-L_k of the images scored so far, one [num_images] array a bound (NaN where not
+    yet scored), kept in the file `path` (None: in memory only). A file made for another
+    fingerprint is ignored, and replaced at the first save."""
+
+    def __init__(self, path: str | None, fingerprint: str):
+        self.path, self.fingerprint, self.bounds = path, fingerprint, {}
+        if path and os.path.isfile(path):
+            with np.load(path) as saved:
+                if str(saved["fingerprint"]) == fingerprint:
+                    self.bounds = {k: saved[k] for k in saved.files if k != "fingerprint"}
+
+    def of(self, name: str, num_images: int) -> np.ndarray:
+        return self.bounds.setdefault(name, np.full(num_images, np.nan))
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        partial = f"{self.path}.tmp.npz"  # np.savez adds .npz to a name without it
+        np.savez(partial, fingerprint=self.fingerprint, **self.bounds)
+        os.replace(partial, self.path)  # a stop mid-write leaves the last whole file
+
+
+def negative_bound_in_parts(
+    score, images: np.ndarray, partial: PartialBounds, name: str, num_parts: int
+) -> np.ndarray:
+    """`score(images, image_ids=...)` -> -L_k, over `num_parts` equal parts of `images`
+    (the last padded, so one program serves all), each saved to `partial` when done; the
+    parts already there are not scored again."""
+    neg_bound = partial.of(name, len(images))
+    part = -(-len(images) // num_parts)
+    todo = [s for s in range(0, len(images), part) if np.isnan(neg_bound[s : s + part]).any()]
+    scored = int(np.sum(~np.isnan(neg_bound)))
+    if scored:
+        print(f"{name}: {scored} of {len(images)} images scored before, read from {partial.path}")
+    padded = np.concatenate([images, np.zeros((part, *images.shape[1:]), images.dtype)])
+    bar = bounds.progress_bar(len(images), name, "image", None if num_parts > 1 else True)
+    with bar as bar:
+        bar.update(scored)
+        for start in todo:
+            stop = min(start + part, len(images))
+            ids = np.arange(start, start + part)
+            neg_bound[start:stop] = score(padded[start : start + part], image_ids=ids)[
+                : stop - start
+            ]
+            partial.save()
+            bar.update(stop - start)
+    return neg_bound
 
 
 def latent_diagnostics(model, params, images) -> dict:
@@ -212,6 +294,13 @@ def main(argv) -> None:
                 )
         except InputError as e:
             cli.fail(str(e))
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: the parts of the bounds that finished are in "
+                f"{os.path.join(folder, PARTIAL_FILE)}; the same command resumes from them",
+                file=sys.stderr,
+            )
+            sys.exit(130)
 
 
 def evaluate_workdir(
@@ -236,6 +325,7 @@ def evaluate_workdir(
     if num_images:
         test_images, test_labels = test_images[:num_images], test_labels[:num_images]
     protocol = run_protocol(config, which_params)
+    partial_path = os.path.join(folder, PARTIAL_FILE)
     results = evaluate_run(
         model,
         params,
@@ -243,6 +333,7 @@ def evaluate_workdir(
         run_keys(config.seed).eval,
         sample_counts,
         mesh=parallel.data_mesh(),
+        partial_path=partial_path,
     )
     results["protocol"] = protocol
     if results["active_units"] < results["latent"] / 2:
@@ -266,6 +357,8 @@ def evaluate_workdir(
     )
     with open(os.path.join(folder, EVAL_FILE), "w") as f:
         json.dump(results, f, indent=2)
+    if os.path.exists(partial_path):
+        os.remove(partial_path)  # eval.json holds the numbers now
     print(format_table(results, protocol))
     print(f"wrote {EVAL_FILE} and {', '.join(results['pictures'])} to {folder}")
     return results
