@@ -298,9 +298,7 @@ def estimate_negative_bound(
         draws (None: 0, 1, ...): a slice of a data set scored with its ids gives the
         numbers that scoring the whole would give it.
     """
-    for name, value in (("num_samples", num_samples), ("max_rows", max_rows)):
-        if not (isinstance(value, int | np.integer) and value >= 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_counts(num_samples=num_samples, max_rows=max_rows)
     images = np.asarray(model_images(model, images, likelihood=objective.likelihood(model)))
     image_ids = _checked_ids(image_ids, len(images))
     num_devices = 1 if mesh is None else mesh.devices.size
@@ -330,6 +328,12 @@ def estimate_negative_bound(
             bounds.append(np.asarray(jax.device_get(score(*inputs)), np.float64))
             bar.update(min(plan.call_images, plan.num_images - start))
     return np.concatenate(bounds)[: plan.num_images]
+
+
+def _check_counts(**counts) -> None:
+    for name, value in counts.items():
+        if not (isinstance(value, int | np.integer) and value >= 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _checked_ids(image_ids, num_images: int) -> np.ndarray:
