@@ -65,7 +65,8 @@ def evaluate_run(
     With `show_progress` or `partial_path`, the images are scored in `NUM_PARTS` parts
     (a bar advances with each). `partial_path`: a file (`PARTIAL_FILE`) where each part is
     saved as it finishes, and whose parts are not scored again when it holds the same
-    model, parameters, images and key; the numbers are the same either way.
+    model, parameters, images and key; the numbers are the same either way. Ignored in a
+    multi-process run, whose processes must make the same calls.
     """
     model = with_dtype(model, jnp.float32)
     partial = PartialBounds(
