@@ -32,10 +32,12 @@ else
   quick=()
 fi
 mkdir -p "$WORK"
+rm -f "$WORK/ladder/table.md"  # an earlier command's, on a machine still warm
 if compgen -G "$CARRY/ladder.tar.part-*" >/dev/null; then
   cat "$CARRY"/ladder.tar.part-* | tar -C "$WORK" -xf - && echo "restored from $CARRY" >>"$OUT/summary.txt"
 fi
-# SIGTERM at the budget; SIGKILL 60 s later if scoring (which does not stop) still runs.
+# SIGTERM at the budget; SIGKILL 60 s later if the epoch under way and its checkpoint
+# have not ended by then (scoring stops at once, keeping its finished parts).
 KILL_AFTER_S=60 step ladder "$BUDGET_S" python3 experiments/tables.py ladder --data_dir="$DATA" \
   --workdir="$WORK" --runs="$RUNS" "${quick[@]}"
 if [ -f "$WORK/ladder/table.md" ]; then
