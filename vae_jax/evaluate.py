@@ -69,9 +69,11 @@ def evaluate_run(
     multi-process run, whose processes must make the same calls.
     """
     model = with_dtype(model, jnp.float32)
+    if jax.process_count() > 1:
+        partial_path = None
+    # Hashing the parameters and images is work only a file needs.
     partial = PartialBounds(
-        partial_path if jax.process_count() == 1 else None,
-        fingerprint(model, params, test_images, key),
+        partial_path, fingerprint(model, params, test_images, key) if partial_path else ""
     )
     if mesh is not None:
         params = parallel.put_replicated(params, mesh)
@@ -161,7 +163,8 @@ def negative_bound_in_parts(
     scored = int(np.sum(~np.isnan(neg_bound)))
     if scored:
         print(f"{name}: {scored} of {len(images)} images scored before, read from {partial.path}")
-    padded = np.concatenate([images, np.zeros((part, *images.shape[1:]), images.dtype)])
+    padding = -len(images) % part
+    padded = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
     bar = bounds.progress_bar(len(images), name, "image", None if num_parts > 1 else True)
     with bar as bar:
         bar.update(scored)
