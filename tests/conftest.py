@@ -176,3 +176,12 @@ def tiny_vae():
     params = model.init(jax.random.key(0), jnp.zeros((1, 36)), jax.random.key(1))["params"]
     images = (np.random.default_rng(0).uniform(size=(30, 36)) > 0.5).astype(np.float32)
     return model, params, images
+
+
+def assert_close_to_rounding(ours, theirs) -> None:
+    """Equal up to the float32 rounding of two programs' sums: to 1e-5 of each value, and
+    of the largest value of `theirs` (a value near zero has no relative precision)."""
+    import numpy as np
+
+    scale = float(np.max(np.abs(theirs)))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * scale)

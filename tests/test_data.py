@@ -229,3 +229,31 @@ def test_batches_shuffle_each_image_once_per_epoch_key():
     np.testing.assert_array_equal(np.concatenate(epoch(jax.random.key(0))), np.concatenate(first))
     other = np.concatenate(epoch(jax.random.fold_in(jax.random.key(0), 1)))
     assert not np.array_equal(other, np.concatenate(first))
+
+
+def test_batches_refuse_fewer_images_than_one_dropped_batch():
+    images = np.zeros((100, 3), np.uint8)
+    with pytest.raises(ValueError, match="batch_size=256 is more than the 100 images"):
+        data.batches(images, 256, jax.random.key(0))  # at the call, not at the first batch
+    kept = list(data.batches(images, 256, jax.random.key(0), drop_remainder=False))
+    assert [b.shape for b in kept] == [(100, 3)]
+
+
+def test_the_dataset_named_must_be_the_one_its_idx_files_are(idx_dir, monkeypatch):
+    from test_download import slice_spec
+
+    with pytest.raises(InputError, match="--dataset=nosuchset does not come as IDX files"):
+        data.load_dataset("nosuchset", str(idx_dir))
+    # Unidentified files (a slice, one's own) are read as the known dataset named ...
+    assert len(data.load_dataset("fashion_mnist", str(idx_dir)).test_images) == SLICE_NUM_TEST
+    # ... and files identified as one dataset's are not read as another's.
+    monkeypatch.setitem(data.DATASETS, "mnist", slice_spec())
+    assert data.load_dataset("mnist", str(idx_dir)).source == f"IDX files in {idx_dir}"
+    with pytest.raises(InputError, match="holds the mnist IDX files, not fashion_mnist's"):
+        data.load_dataset("fashion_mnist", str(idx_dir))
+
+
+def test_all_of_mnist_is_not_read_as_fashion_mnist(full_data):
+    # Its training images were recompressed; its test images are the published .gz.
+    with pytest.raises(InputError, match="pass --dataset=mnist"):
+        data.load_dataset("fashion_mnist", str(full_data / "mnist_idx"))

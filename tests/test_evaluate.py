@@ -162,3 +162,52 @@ def test_a_stopped_evaluation_resumes_from_its_parts(tiny_vae, tmp_path):
     with np.load(path) as saved:
         assert str(saved["fingerprint"]) != fingerprint
         assert not np.isnan(saved["-L_7"]).any()
+
+
+@pytest.mark.slow
+def test_evaluate_counts_at_their_edges(idx_dir, tmp_path):
+    workdir = tmp_path / "w"
+    flags = ["--epochs=1", "--latent=2", "--hidden_sizes=16"]
+    train_then_evaluate(idx_dir, workdir, flags, ["--num_images=1", "--num_samples=1,3"])
+    for num_images in (2, 3, 10, 17):  # below the pictures' sizes: numbers, fewer rows
+        result = run_module(
+            "vae_jax.evaluate", f"--workdir={workdir}", f"--num_images={num_images}",
+            "--num_samples=2",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads((workdir / "eval.json").read_text())["num_images"] == num_images
+    for flag, message in (
+        ("--num_images=-5", "--num_images must be >= 0 (0 = all), got -5"),
+        ("--num_images=5000", "--num_images=5000 exceeds the 1024 test images"),
+        ("--num_samples=0", "--num_samples must be positive integers, got 0"),
+        ("--num_samples=-3,5", "--num_samples must be positive integers"),
+    ):
+        result = run_module("vae_jax.evaluate", f"--workdir={workdir}", flag)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr
+
+
+def test_evaluate_leaves_no_data_folder_it_could_not_fill(idx_dir, tmp_path):
+    workdir = tmp_path / "w"
+    result = run_module(
+        "vae_jax.main", f"--data_dir={idx_dir}", f"--workdir={workdir}", "--num_train=256",
+        "--batch_size=128", "--epochs=1", "--latent=2", "--hidden_sizes=16",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    missing = tmp_path / "nonexistent" / "mnist"
+    result = run_module("vae_jax.evaluate", f"--workdir={workdir}", f"--data_dir={missing}")
+    assert result.returncode == 2 and "cannot download mnist" in result.stderr
+    assert not (tmp_path / "nonexistent").exists()
+    assert sorted(p.name for p in workdir.iterdir() if p.suffix == ".json") == ["config.json"]
+
+
+def test_a_resumed_evaluation_counts_the_time_of_every_part(tiny_vae, tmp_path):
+    model, params, images = tiny_vae
+    key, path = jax.random.key(4), str(tmp_path / evaluate.PARTIAL_FILE)
+    first = evaluate.evaluate_run(model, params, images, key, (7,), partial_path=path)
+    saved = evaluate.PartialBounds(path, evaluate.fingerprint(model, params, images, key))
+    assert saved.time_s("-L_7") == pytest.approx(first["bounds"]["7"]["time_s"])
+    saved.add_time("-L_7", 1000.0)  # as if an earlier call had spent 1,000 s on its parts
+    saved.save()
+    resumed = evaluate.evaluate_run(model, params, images, key, (7,), partial_path=path)
+    assert resumed["bounds"]["7"]["time_s"] == pytest.approx(first["bounds"]["7"]["time_s"] + 1000)

@@ -70,3 +70,27 @@ def elbo_draws(model, params, images):
         return model.apply({"params": params}, image[None], key, method="sample_posterior").z[0][0]
 
     return jax.vmap(draw)(images, jnp.arange(len(images)))
+
+
+def _summed_over_the_batch(logits, images):  # PyTorch's reduction='sum' habit
+    return jnp.sum(losses.bernoulli_nll(logits, images))
+
+
+def _per_pixel(logits, images):
+    return losses.bernoulli_nll(logits[..., None], images[..., None])
+
+
+@pytest.mark.parametrize("nll", [_summed_over_the_batch, _per_pixel])
+def test_a_likelihood_must_give_one_number_per_image(nll, images):
+    model = vae_jax.VAE(latent=4, hidden_sizes=(16,), likelihood=likelihoods.from_function(nll))
+    params = init_params(model, jax.random.key(0))
+    batch = np.asarray(data.to_unit_interval(images[:8]))
+    message = r"it must give -log p\(x\|z\) of each image, shape \(\d+,\)"
+    with pytest.raises(ValueError, match=message):
+        bounds.elbo_terms(model, params, batch, jax.random.key(1))
+    with pytest.raises(ValueError, match=r"of each image, shape \(3, \d+\)"):  # k = 3 draws each
+        bounds.estimate_negative_bound(model, params, batch, jax.random.key(1), 3)
+    with pytest.raises(ValueError, match=message):
+        losses.negative_elbo(
+            jnp.zeros((8, 784)), batch, jnp.zeros((8, 4)), jnp.zeros((8, 4)), reconstruction=nll
+        )

@@ -40,6 +40,10 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, idx_dir, monkeypatch, short
     assert f"data: {idx_dir}" in text
     assert "test negative ELBO after 1 epochs" in text
     assert "-L_10 (NLL)" in text
+    # Before any training, a shipped model drew digits and scored test images.
+    assert "-L_100 of 1,000 test images:" in text and "(its card: NLL" in text
+    shipped = [output for output in outputs[1] if "image/png" in output.get("data", {})]
+    assert len(shipped) == 1
     images = [output for output in outputs[-1] if "image/png" in output.get("data", {})]
     # samples, reconstructions, loss curves; interpolations, traversals, scatter, curves.
     assert len(images) == 7

@@ -1,14 +1,15 @@
 """The package as a researcher imports it: light, with one default per setting."""
 
 import importlib
+import importlib.metadata as metadata
 import inspect
 import pathlib
 import pkgutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
-import tomllib
 
 import vae_jax
 from vae_jax.losses import DEFAULT_SCALE
@@ -170,3 +171,27 @@ def test_one_likelihood_scale_default_everywhere():
     # takes the likelihood's values, not its parameters.)
     assert len(defaults) == 10, defaults
     assert set(defaults.values()) == {DEFAULT_SCALE}, defaults
+
+
+def test_the_lowest_pins_are_the_oldest_versions_ci_tests():
+    """pyproject's lower bounds are .ci/oldest.txt's versions, which CI installs and tests,
+    and requires-python is what the oldest of them require (jax 0.7 needs Python 3.11)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["all"]
+    lowest = {}
+    for requirement in requirements:
+        name, bounds = requirement.split(">=", 1)
+        lowest[name.strip()] = bounds.split(",")[0].strip()
+    oldest = {}
+    for line in (REPO / ".ci" / "oldest.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            oldest[name] = version
+    for name, version in oldest.items():
+        if name != "jaxlib":  # jax pins its jaxlib
+            assert lowest[name] in (version, version.rsplit(".", 1)[0]), (name, lowest[name])
+    floor = project["requires-python"]
+    assert floor == ">=3.11"
+    for name in ("jax", "flax", "orbax-checkpoint"):  # as installed: the oldest, in CI's venv
+        theirs = metadata.metadata(name)["Requires-Python"].replace(" ", "")
+        assert tuple(map(int, theirs.removeprefix(">=").split("."))) <= (3, 11), (name, theirs)

@@ -19,6 +19,7 @@ import optax
 import pytest
 
 from vae_jax import bounds, data, workdir
+from vae_jax import run as run_module
 from vae_jax.config import Config
 from vae_jax.errors import InputError
 from vae_jax.run import train_and_evaluate
@@ -370,7 +371,7 @@ def test_a_callback_that_returns_no_numbers_is_refused(idx_dir, tmp_path):
     config = Config(**TINY, data_dir=str(idx_dir), workdir=str(tmp_path / "w"))
     with pytest.raises(ValueError, match="callback bad returned 'x': 'text'"):
         train_and_evaluate(config, callbacks=[bad])
-    with pytest.raises(ValueError, match="'test_elbo', a number the record has"):
+    with pytest.raises(ValueError, match="'test_elbo', a name the run's record uses"):
         train_and_evaluate(
             dataclasses.replace(config, overwrite=True),
             callbacks=[lambda epoch, record, params: {"test_elbo": 0.0}],
@@ -424,3 +425,70 @@ def test_no_function_of_the_package_is_over_60_lines():
         and node.end_lineno - node.lineno + 1 > 60
     ]
     assert long == []
+
+
+# --- Contracts at the edges -----------------------------------------------------------------
+
+
+def test_a_callback_may_keep_the_params_it_is_given(idx_dir, tmp_path):
+    kept = {}
+
+    def keep(epoch, record, params):
+        kept[epoch] = params
+
+    config = Config(**{**TINY, "epochs": 3}, data_dir=str(idx_dir), workdir=str(tmp_path / "w"))
+    train_and_evaluate(config, callbacks=[keep])
+    norms = [float(optax.tree.norm(kept[epoch])) for epoch in (1, 2, 3)]  # none deleted
+    assert len(set(norms)) == 3  # each epoch's own parameters
+    final = workdir.load_model(config.workdir).params
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(kept[3]), final)
+
+
+@pytest.mark.parametrize("name", sorted(run_module.RECORD_KEYS))
+def test_a_callback_may_not_return_a_name_the_run_uses(name, tmp_path):
+    with pytest.raises(ValueError, match=f"returned '{name}', a name the run's record uses"):
+        run_module.callback_numbers([lambda e, r, p: {name: True}], 1, {"epoch": 1}, None)
+
+
+def test_early_stopped_by_a_callback_is_refused_not_obeyed(idx_dir, tmp_path):
+    config = Config(**{**TINY, "epochs": 3}, data_dir=str(idx_dir), workdir=str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="'early_stopped', a name the run's record uses"):
+        train_and_evaluate(config, callbacks=[lambda e, r, p: {"early_stopped": True}])
+
+
+def test_an_early_stopped_run_goes_on_under_a_larger_patience(idx_dir, tmp_path):
+    settings = dict(num_valid=256, epochs=8, early_stop_patience=1, learning_rate=1e-9)
+    records = tiny_run(idx_dir, tmp_path, **settings)
+    stopped_at = records[-1]["epoch"]
+    assert records[-1]["early_stopped"] and stopped_at < 8
+    longer = {**settings, "early_stop_patience": 3}
+    records = tiny_run(idx_dir, tmp_path, **longer)
+    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))
+    assert records[-1]["epoch"] > stopped_at and records[-1].get("early_stopped")
+    assert sum("early_stopped" in r for r in records) == 1  # the first stop is undone
+    config = Config(**{**TINY, **longer}, data_dir=str(idx_dir), workdir=str(tmp_path / "w"))
+    assert train_and_evaluate(config)["finished"]  # and a third call answers at once
+
+
+def test_should_finish_ends_a_run_for_good(idx_dir, tmp_path):
+    config = Config(**{**TINY, "epochs": 6}, data_dir=str(idx_dir), workdir=str(tmp_path / "w"))
+    seen = []
+    record = train_and_evaluate(
+        config,
+        callbacks=[lambda epoch, record, params: seen.append(epoch)],
+        should_finish=lambda: len(seen) == 2,
+    )
+    assert record["epoch"] == 2 and record["finished_early"] and not record.get("stopped")
+    assert workdir.load_model(config.workdir).params is not None  # a finished run
+    again = train_and_evaluate(config)
+    assert again["finished"] and again["epoch"] == 2
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    bad_data = tmp_path / "data"
+    bad_data.mkdir()
+    (bad_data / "train-images-idx3-ubyte").write_bytes(b"not idx")
+    config = Config(**TINY, data_dir=str(bad_data), workdir=str(tmp_path / "runs" / "w"))
+    with pytest.raises(InputError, match="not a uint8 IDX file|but no"):
+        train_and_evaluate(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

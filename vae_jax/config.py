@@ -22,7 +22,9 @@ import optax
 
 from vae_jax import likelihoods, optim
 from vae_jax.convolutional import conv_hierarchical_vae
+from vae_jax.divergences import MMD_KERNELS, TC_ESTIMATORS
 from vae_jax.errors import InputError
+from vae_jax.flows import IAF
 from vae_jax.losses import DEFAULT_SCALE, RECONSTRUCTIONS
 from vae_jax.models import (
     VAE,
@@ -33,12 +35,20 @@ from vae_jax.models import (
     ReluDense,
     conv_image_side,
 )
-from vae_jax.objective import BOUNDS, GRADIENT_ESTIMATORS, Objective
+from vae_jax.objective import (
+    BOUNDS,
+    GRADIENT_ESTIMATORS,
+    GROUPED,
+    IMPORTANCE_WEIGHTED,
+    MMD_BOUNDS,
+    Objective,
+)
 from vae_jax.precision import MATMUL_PRECISIONS
 from vae_jax.priors import MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 from vae_jax.schedules import SCHEDULES, beta_schedule
 
 ARCHITECTURES = ("mlp", "conv")
+POSTERIORS = ("gaussian", "iaf")
 PRIORS = ("standard", "vamp", "mog")
 HIDDEN_LAYERS = {"relu": ReluDense, "gated": GatedDense}
 BINARIZATIONS = ("none", "dynamic")
@@ -147,14 +157,57 @@ class Config:
         DEFAULT_SCALE,
         "Fixed std (gaussian) or scale (laplace) of p(x|z), in pixel units.",
     )
+    posterior: str = _field(
+        "model",
+        "gaussian",
+        "q(z|x): gaussian (the encoder's diagonal Gaussian), or iaf (that Gaussian through "
+        "--num_flows steps of inverse autoregressive flow, Kingma et al. 2016; one layer).",
+        choices=POSTERIORS,
+    )
+    num_flows: int = _field("model", 2, "IAF steps of --posterior=iaf.")
+    flow_hidden: int = _field("model", 320, "Width of each IAF step's MADE, --posterior=iaf.")
     # Objective: recon + beta * KL, or the importance-weighted bound.
     objective: str = _field(
         "objective",
         "elbo",
-        "elbo (one z per image) or iwae (the k-sample bound of Burda et al. 2016).",
+        "elbo (one z per image); iwae (the k-sample bound of Burda et al. 2016); miwae, "
+        "ciwae, piwae (Rainforth et al. 2018); btcvae (Chen et al. 2018); infovae (MMD-VAE, "
+        "Zhao et al. 2019); wae (WAE-MMD, Tolstikhin et al. 2018). docs/objectives.md.",
         choices=BOUNDS,
     )
-    num_samples: int = _field("objective", 1, "k, the z draws per image of --objective=iwae.")
+    num_samples: int = _field(
+        "objective",
+        1,
+        "k, the z draws per image of --objective=iwae or ciwae (per group: miwae, piwae).",
+    )
+    num_groups: int = _field(
+        "objective", 1, "M, the groups of --num_samples draws of --objective=miwae or piwae."
+    )
+    ciwae_beta: float = _field(
+        "objective", 0.5, "The ELBO's share of --objective=ciwae, in [0, 1] (1: ELBO, 0: IWAE)."
+    )
+    tc_weight: float = _field(
+        "objective", 6.0, "Weight of the total correlation in --objective=btcvae (its beta)."
+    )
+    tc_estimator: str = _field(
+        "objective",
+        "mws",
+        "Estimator of --objective=btcvae's log q(z): mws (minibatch-weighted) or mss "
+        "(minibatch-stratified sampling), Chen et al. 2018.",
+        choices=TC_ESTIMATORS,
+    )
+    mmd_weight: float = _field(
+        "objective", 100.0, "Weight of MMD^2(q(z), p(z)) in --objective=infovae or wae."
+    )
+    mmd_kernel: str = _field(
+        "objective",
+        "imq",
+        "Kernel of the MMD: imq (inverse multiquadratic, as WAE) or rbf (Gaussian).",
+        choices=MMD_KERNELS,
+    )
+    mmd_bandwidth: float = _field(
+        "objective", 1.0, "The prior's std that sets the MMD kernel's scale, 2 D sigma^2."
+    )
     gradient_estimator: str = _field(
         "objective",
         "standard",
@@ -213,6 +266,14 @@ class Config:
         "it. 0 is off.",
     )
     seed: int = _field("optimisation", 0, "Seed of every random draw: same flags, same numbers.")
+    init_from: str = _field(
+        "optimisation",
+        "",
+        "Start from trained parameters instead of drawn ones, to fine-tune: a shipped "
+        "model's name (mnist_reference, mnist_binarized, mnist_vamp_hierarchy: "
+        "docs/pretrained.md) or a finished run's --workdir. The model flags must be that "
+        "model's; the optimiser starts afresh. Empty: parameters drawn from --seed.",
+    )
     early_stop_patience: int = _field(
         "optimisation",
         0,
@@ -365,6 +426,19 @@ class Config:
                 f"--conv_channels must be one or more positive counts, got {self.conv_channels}",
             ),
             (self.recon_scale > 0, f"--recon_scale must be > 0, got {self.recon_scale}"),
+            (self.num_flows >= 1, f"--num_flows must be at least 1, got {self.num_flows}"),
+            (self.flow_hidden >= 1, f"--flow_hidden must be at least 1, got {self.flow_hidden}"),
+            (
+                self.posterior == "gaussian" or len(self.latent) == 1,
+                "--posterior=iaf flows one stochastic layer: use one --latent size",
+            ),
+            *(
+                (
+                    getattr(self, name) == getattr(Config(), name) or self.posterior == "iaf",
+                    f"--{name}={getattr(self, name)} is for --posterior=iaf; add that flag",
+                )
+                for name in ("num_flows", "flow_hidden")
+            ),
         ]
 
     def _objective_checks(self) -> list[tuple[bool, str]]:
@@ -372,9 +446,11 @@ class Config:
             (self.beta >= 0, f"--beta must be >= 0, got {self.beta}"),
             (self.num_samples >= 1, f"--num_samples must be >= 1, got {self.num_samples}"),
             (
-                self.objective == "iwae" or self.num_samples == 1,
-                f"--num_samples={self.num_samples} is for --objective=iwae; add that flag",
+                self.objective in IMPORTANCE_WEIGHTED or self.num_samples == 1,
+                f"--num_samples={self.num_samples} is for --objective="
+                f"{'|'.join(IMPORTANCE_WEIGHTED)}; add that flag",
             ),
+            *self._variant_checks(),
             (
                 self.gradient_estimator == "standard" or self.objective == "iwae",
                 f"--gradient_estimator={self.gradient_estimator} is for --objective=iwae; "
@@ -389,8 +465,57 @@ class Config:
                 "--free_bits works with --objective=elbo only",
             ),
             (
-                self.free_bits == 0 or (self.prior == "standard" and len(self.latent) == 1),
-                "--free_bits needs the closed-form KL: one layer and --prior=standard",
+                self.free_bits == 0
+                or (
+                    self.prior == "standard"
+                    and len(self.latent) == 1
+                    and self.posterior == "gaussian"
+                ),
+                "--free_bits needs the closed-form KL: one layer, --prior=standard and "
+                "--posterior=gaussian",
+            ),
+            (
+                self.gradient_estimator == "standard" or self.posterior == "gaussian",
+                "--gradient_estimator=dreg scores given draws under q, which an IAF does only "
+                "by inverting the flow: use --posterior=gaussian or the standard estimator",
+            ),
+        ]
+
+    def _variant_checks(self) -> list[tuple[bool, str]]:
+        """The flags of the objectives beyond the ELBO and IWAE: in range, and given only
+        with the objective they are for."""
+        defaults, objective = Config(), self.objective
+
+        def only_with(name: str, objectives: tuple[str, ...]) -> tuple[bool, str]:
+            value = getattr(self, name)
+            return (
+                value == getattr(defaults, name) or objective in objectives,
+                f"--{name}={value} is for --objective={'|'.join(objectives)}; add that flag",
+            )
+
+        return [
+            (self.num_groups >= 1, f"--num_groups must be >= 1, got {self.num_groups}"),
+            only_with("num_groups", GROUPED),
+            (0 <= self.ciwae_beta <= 1, f"--ciwae_beta must be in [0, 1], got {self.ciwae_beta}"),
+            only_with("ciwae_beta", ("ciwae",)),
+            (self.tc_weight >= 0, f"--tc_weight must be >= 0, got {self.tc_weight}"),
+            only_with("tc_weight", ("btcvae",)),
+            only_with("tc_estimator", ("btcvae",)),
+            (
+                objective != "btcvae" or (len(self.latent) == 1 and self.posterior == "gaussian"),
+                "--objective=btcvae splits the KL of one diagonal Gaussian layer: use one "
+                "--latent size and --posterior=gaussian",
+            ),
+            (
+                objective != "btcvae" or self.batch_size >= 2,
+                "--objective=btcvae estimates q(z) from the other images of a batch: "
+                "--batch_size must be at least 2",
+            ),
+            (self.mmd_weight >= 0, f"--mmd_weight must be >= 0, got {self.mmd_weight}"),
+            (self.mmd_bandwidth > 0, f"--mmd_bandwidth must be > 0, got {self.mmd_bandwidth}"),
+            *(
+                only_with(name, MMD_BOUNDS)
+                for name in ("mmd_weight", "mmd_kernel", "mmd_bandwidth")
             ),
         ]
 
@@ -504,6 +629,8 @@ class Config:
         if len(self.latent) > 1:
             return HierarchicalVAE(self.latent, *mlp, prior=prior, likelihood=likelihood)
         modules = {}
+        if self.posterior == "iaf":
+            modules["flow"] = IAF(self.num_flows, self.flow_hidden, dtype)
         if self.architecture == "conv":
             modules = dict(
                 encoder=ConvEncoder(top, image_size, self.conv_channels, dtype),
@@ -511,14 +638,23 @@ class Config:
             )
         return VAE(top, *mlp, prior=prior, likelihood=likelihood, **modules)
 
-    def build_objective(self, steps_per_epoch: int) -> Objective:
+    def build_objective(self, steps_per_epoch: int, num_train: int = 0) -> Objective:
         """The training objective, with the beta schedule converted to steps (the
-        likelihood is the model's: `build_model`)."""
+        likelihood is the model's: `build_model`); `num_train`, the training images, is
+        btcvae's N (0: each batch's size)."""
         return Objective(
             bound=self.objective,
             num_samples=self.num_samples,
             free_bits=self.free_bits,
             gradient_estimator=self.gradient_estimator,
+            num_groups=self.num_groups,
+            ciwae_beta=self.ciwae_beta,
+            tc_weight=self.tc_weight,
+            tc_estimator=self.tc_estimator,
+            dataset_size=num_train,
+            mmd_weight=self.mmd_weight,
+            mmd_kernel=self.mmd_kernel,
+            mmd_bandwidth=self.mmd_bandwidth,
             beta_schedule=beta_schedule(
                 self.beta_schedule,
                 steps_per_epoch,
@@ -562,12 +698,31 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return Config(**values)
 
 
+def as_flag(value) -> str:
+    """A setting as it is written on the command line: 40,40, not (40, 40)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def model_fields() -> tuple[str, ...]:
+    """The settings that make the model (the "model" group): its shapes and likelihood."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.metadata["group"] == "model")
+
+
+def check_same_model(source: Config, config: Config, what: str) -> None:
+    """Raises InputError naming each model setting of `config` that differs from those of
+    `source`, the settings of the trained model that `what` names."""
+    differ = [name for name in model_fields() if getattr(source, name) != getattr(config, name)]
+    if differ:
+        theirs = " ".join(f"--{name}={as_flag(getattr(source, name))}" for name in differ)
+        ours = ", ".join(f"--{name}={as_flag(getattr(config, name))}" for name in differ)
+        raise InputError(
+            f"{what} is a model of other settings: it has {theirs} where this run has "
+            f"{ours}; pass {theirs}, or start without {what.split('=')[0]}"
+        )
+
+
 def check_compatible(saved: Config, config: Config) -> None:
     """Raises InputError naming the settings that a resumed run may not change."""
-
-    def as_flag(value):  # as it is written on the command line: 40,40 not (40, 40)
-        return ",".join(map(str, value)) if isinstance(value, tuple) else value
-
     changed = [
         f"--{field.name} (checkpoint {as_flag(getattr(saved, field.name))}, "
         f"now {as_flag(getattr(config, field.name))})"

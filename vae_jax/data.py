@@ -15,13 +15,14 @@ import glob
 import gzip
 import logging
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.download import DATASETS, cache_dir, download
+from vae_jax.download import DATASETS, cache_dir, download, identify
 from vae_jax.errors import InputError
 from vae_jax.inputs import check_batch, to_unit_interval  # noqa: F401 (part of data's API)
 
@@ -109,6 +110,7 @@ def load_dataset(
     """
     location = find_data(name, data_dir, allow_download)
     if location.format == "idx":
+        check_idx_dataset(name, location.path)
         dataset = read_idx_dir(location.path)
     else:
         dataset = read_tfds(name, location.path, num_train)
@@ -123,6 +125,24 @@ def load_dataset(
             train_labels=dataset.train_labels[:num_train],
         )
     return dataset
+
+
+def check_idx_dataset(name: str, folder: str) -> None:
+    """Raises InputError unless `folder`'s IDX files may be read as dataset `name`: a
+    dataset that comes as IDX files (mnist, fashion_mnist), and not another one's files
+    (`download.identify`; a slice or files of one's own are taken as named)."""
+    if name not in DATASETS:
+        raise InputError(
+            f"--dataset={name} does not come as IDX files, which {folder} holds: IDX files "
+            f"are {' or '.join(DATASETS)}; name one, or point --data_dir at a TFDS data dir "
+            f"holding {name}"
+        )
+    found = identify(folder)
+    if found is not None and found != name:
+        raise InputError(
+            f"{folder} holds the {found} IDX files, not {name}'s; pass --dataset={found}, or "
+            f"point --data_dir at {name}'s files"
+        )
 
 
 def split_validation(
@@ -350,7 +370,9 @@ def read_tfds(name: str, data_dir: str, num_train: int = 0) -> Dataset:
 # --- Pixels to model inputs ----------------------------------------------------------
 
 
-def batches(images: np.ndarray, batch_size: int, key: jax.Array, *, drop_remainder: bool = True):
+def batches(
+    images: np.ndarray, batch_size: int, key: jax.Array, *, drop_remainder: bool = True
+) -> Iterator[jax.Array]:
     """One epoch of shuffled batches, for a training loop of your own over `train_step`.
 
     Args:
@@ -363,17 +385,25 @@ def batches(images: np.ndarray, batch_size: int, key: jax.Array, *, drop_remaind
     Yields:
       float32 [batch_size, pixels] in [0, 1] on the default device, each image once.
 
-    Raises:
+    Raises (at the call, before the first batch):
       ValueError: images that no function here takes (checked once, on the host: see
-        `vae_jax.inputs.check_images`), or a batch size below 1.
+        `vae_jax.inputs.check_images`), a batch size below 1, or with `drop_remainder`
+        fewer images than one batch, which would yield nothing.
     """
     images = check_batch(images)
-    if not (isinstance(batch_size, int) and batch_size >= 1):
+    if not (isinstance(batch_size, int | np.integer) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if drop_remainder and len(images) < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is more than the {len(images)} images, so dropping the "
+            "remainder leaves no batch; lower batch_size, or pass drop_remainder=False"
+        )
     order = np.asarray(jax.random.permutation(key, len(images)))
     stop = len(images) - len(images) % batch_size if drop_remainder else len(images)
-    for start in range(0, stop, batch_size):
-        yield to_unit_interval(jnp.asarray(images[order[start : start + batch_size]]))
+    return (
+        to_unit_interval(jnp.asarray(images[order[start : start + batch_size]]))
+        for start in range(0, stop, batch_size)
+    )
 
 
 def binarize(key: jax.Array, images: jax.Array) -> jax.Array:

@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from vae_jax import folders
 from vae_jax.errors import InputError
 
 try:
@@ -36,7 +37,7 @@ except ImportError:  # Windows: no lock, still safe (see the module docstring).
 
 MIRROR_ENV = "VAE_JAX_MIRROR"  # one base URL that replaces a dataset's mirror list
 TMP_SUFFIX = ".part"
-LOCK_FILE = ".vae_jax.lock"
+LOCK_FILE = folders.LOCK_FILE
 STALE_TMP_S = 3600.0  # a temporary file untouched this long was left by a killed process
 _CHUNK_BYTES = 1 << 16
 # HTTP statuses worth asking the same mirror again for; other 4xx answers are final.
@@ -173,16 +174,18 @@ def download(
     missing = _check_present_files(name, folder, offline)
     if not missing:
         return folder  # All there and verified: the folder may even be read-only.
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create {folder} for {name}: {e.strerror}") from None
-    with _folder_lock(folder):
-        _remove_stale_temporary_files(folder)
-        # Under the lock, look again at what was missing: another process may have
-        # fetched some of it meanwhile.
-        missing = _check_present_files(name, folder, offline=False, files=tuple(missing))
-        used = _fetch_files(name, missing, folder, timeout_s, attempts, backoff_s, progress)
+    # A folder made here and left without a file (every mirror failed) is removed again.
+    with folders.removed_unless_used(folder):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create {folder} for {name}: {e.strerror}") from None
+        with _folder_lock(folder):
+            _remove_stale_temporary_files(folder)
+            # Under the lock, look again at what was missing: another process may have
+            # fetched some of it meanwhile.
+            missing = _check_present_files(name, folder, offline=False, files=tuple(missing))
+            used = _fetch_files(name, missing, folder, timeout_s, attempts, backoff_s, progress)
     if missing:
         print(
             f"{name}: downloaded {len(missing)} file(s) from {', '.join(dict.fromkeys(used))}, "
@@ -215,6 +218,27 @@ def verify_file(path: str, remote: RemoteFile) -> bool:
     SHA-256 of its decompressed bytes matches."""
     with open(path, "rb") as f:
         return _sha256_of(f) == remote.sha256 or _decompressed_matches(path, remote)
+
+
+def identify(folder: str) -> str | None:
+    """The known dataset (a key of `DATASETS`) whose published test images `folder` holds,
+    by their SHA-256 (of the .gz, or of the IDX bytes where pinned); None for a slice or
+    other files. MNIST's and Fashion-MNIST's files share names and shapes: this tells them
+    apart."""
+    for name, dataset in DATASETS.items():
+        remote = next(r for r in dataset.files if r.name.startswith("t10k-images"))
+        gz_path = os.path.join(folder, remote.name)
+        raw_path = gz_path.removesuffix(".gz")
+        try:
+            if os.path.isfile(gz_path) and verify_file(gz_path, remote):
+                return name
+            if remote.raw_sha256 and os.path.isfile(raw_path):
+                with open(raw_path, "rb") as f:
+                    if _sha256_of(f) == remote.raw_sha256:
+                        return name
+        except OSError:
+            return None  # unreadable: the reader says so
+    return None
 
 
 def _sha256_of(stream) -> str:

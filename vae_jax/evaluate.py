@@ -30,7 +30,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from flax import serialization
 
-from vae_jax import bounds, cli, data, parallel, plots, precision, workdir
+from vae_jax import bounds, cli, data, folders, parallel, plots, precision, pretrained, workdir
+from vae_jax.divergences import aggregate_information
 from vae_jax.errors import InputError
 from vae_jax.models import posterior_gaussians, with_dtype
 from vae_jax.objective import Objective
@@ -79,7 +80,6 @@ def evaluate_run(
         params = parallel.put_replicated(params, mesh)
     results: dict = {"num_images": len(test_images), "bounds": {}}
     for num_samples in sorted(sample_counts):
-        start = time.perf_counter()
         neg_bound = negative_bound_in_parts(
             functools.partial(
                 bounds.estimate_negative_bound,
@@ -99,10 +99,12 @@ def evaluate_run(
         results["bounds"][str(num_samples)] = {
             "neg_bound": value,
             "stderr": stderr,
-            "time_s": time.perf_counter() - start,
+            "time_s": partial.time_s(f"-L_{num_samples}"),  # a resumed one's parts included
         }
     results.update(_nll_of(results["bounds"]))
-    return {**results, **latent_diagnostics(model, params, test_images)}
+    # fold_in(key, 0): no bound's key (those are fold_in(key, k), k >= 1).
+    diagnostics = latent_diagnostics(model, params, test_images, jax.random.fold_in(key, 0))
+    return {**results, **diagnostics}
 
 
 def _nll_of(neg_bounds: dict) -> dict:
@@ -130,24 +132,38 @@ def fingerprint(model, params, images: np.ndarray, key: jax.Array) -> str:
 
 class PartialBounds:
     """-L_k of the images scored so far, one [num_images] array a bound (NaN where not
-    yet scored), kept in the file `path` (None: in memory only). A file made for another
-    fingerprint is ignored, and replaced at the first save."""
+    yet scored), and the seconds spent on each, kept in the file `path` (None: in memory
+    only). A file made for another fingerprint is ignored, and replaced at the first save."""
+
+    _SECONDS = "seconds:"  # the prefix of a bound's time in the file
 
     def __init__(self, path: str | None, fingerprint: str):
-        self.path, self.fingerprint, self.bounds = path, fingerprint, {}
+        self.path, self.fingerprint, self.bounds, self.seconds = path, fingerprint, {}, {}
         if path and os.path.isfile(path):
             with np.load(path) as saved:
                 if str(saved["fingerprint"]) == fingerprint:
-                    self.bounds = {k: saved[k] for k in saved.files if k != "fingerprint"}
+                    for key in saved.files:
+                        if key.startswith(self._SECONDS):
+                            self.seconds[key.removeprefix(self._SECONDS)] = float(saved[key])
+                        elif key != "fingerprint":
+                            self.bounds[key] = saved[key]
 
     def of(self, name: str, num_images: int) -> np.ndarray:
         return self.bounds.setdefault(name, np.full(num_images, np.nan))
+
+    def time_s(self, name: str) -> float:
+        """The seconds spent scoring bound `name`, over every call that scored a part."""
+        return self.seconds.get(name, 0.0)
+
+    def add_time(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.time_s(name) + seconds
 
     def save(self) -> None:
         if self.path is None:
             return
         partial = f"{self.path}.tmp.npz"  # np.savez adds .npz to a name without it
-        np.savez(partial, fingerprint=self.fingerprint, **self.bounds)
+        seconds = {self._SECONDS + name: value for name, value in self.seconds.items()}
+        np.savez(partial, fingerprint=self.fingerprint, **self.bounds, **seconds)
         os.replace(partial, self.path)  # a stop mid-write leaves the last whole file
 
 
@@ -169,19 +185,29 @@ def negative_bound_in_parts(
     with bar as bar:
         bar.update(scored)
         for start in todo:
+            began = time.perf_counter()
             stop = min(start + part, len(images))
             ids = np.arange(start, start + part)
             neg_bound[start:stop] = score(padded[start : start + part], image_ids=ids)[
                 : stop - start
             ]
+            partial.add_time(name, time.perf_counter() - began)
             partial.save()
             bar.update(stop - start)
     return neg_bound
 
 
-def latent_diagnostics(model, params, images) -> dict:
+def latent_diagnostics(model, params, images, key: jax.Array | None = None) -> dict:
     """The posterior means' activity and KL per dimension, layer by layer (`layers`) and
-    for all layers together, with the count of active units."""
+    for all layers together, with the count of active units; with `key`, the mutual
+    information I(x; z) and the total correlation of z under the images' aggregate
+    posterior (`divergences.aggregate_information`, one draw of `key` per image), in nats.
+
+    Those two are of the posterior's top Gaussian layer, which q draws from x alone
+    (`information_of` names it): z of a one-layer model, the top z_L of a hierarchy, and
+    for a flow the Gaussian z_0 it starts from. A flow is one bijection for every image,
+    so I(x; z) = I(x; z_0); its total correlation is z_0's.
+    """
     gaussians = jax.device_get(posterior_gaussians(model, params, images))
     layers = [
         {
@@ -195,13 +221,25 @@ def latent_diagnostics(model, params, images) -> dict:
         }
         for mean, logvar in gaussians
     ]
-    return {
+    diagnostics = {
         "layers": layers,
         "unit_activity": sum((layer["unit_activity"] for layer in layers), []),
         "kl_per_dim": sum((layer["kl_to_standard_normal_per_dim"] for layer in layers), []),
         "active_units": sum(layer["active_units"] for layer in layers),
         "latent": sum(model.latent_sizes),
     }
+    if key is not None:
+        mean, logvar = (jnp.asarray(v) for v in gaussians[-1])
+        z = mean + jax.random.normal(key, mean.shape) * jnp.exp(0.5 * logvar)
+        information, correlation = aggregate_information(z, mean, logvar)
+        top = "z" if len(gaussians) == 1 else f"z_{len(gaussians)}"
+        flowing = getattr(model, "flow", None) is not None
+        diagnostics.update(
+            mutual_information=float(information),
+            total_correlation=float(correlation),
+            information_of="z_0, the Gaussian the flow starts from" if flowing else top,
+        )
+    return diagnostics
 
 
 def write_pictures(
@@ -223,16 +261,20 @@ def write_pictures(
     def path(name):
         return os.path.join(workdir, name)
 
-    written = ["interpolations.png", "traversals.png", "latent_scatter.png"]
-    plots.save_interpolations(
-        model,
-        params,
-        test_images[:8],
-        test_images[8:16],
-        image_shape,
-        path("interpolations.png"),
-        spherical=spherical,
-    )
+    written = []
+    num_pairs = min(8, len(test_images) // 2)  # rows of interpolations: none for one image
+    if num_pairs:
+        plots.save_interpolations(
+            model,
+            params,
+            test_images[:num_pairs],
+            test_images[num_pairs : 2 * num_pairs],
+            image_shape,
+            path("interpolations.png"),
+            spherical=spherical,
+        )
+        written.append("interpolations.png")
+    written += ["traversals.png", "latent_scatter.png"]
     most_active = [int(d) for d in np.argsort(-np.asarray(activity))[:8]]
     plots.save_traversals(
         model, params, test_images[0], most_active, image_shape, path("traversals.png")
@@ -267,6 +309,10 @@ def format_table(results: dict, protocol: dict) -> str:
     if "elbo_nll_gap" in results:
         lines.append(f"  {'ELBO - NLL gap':<16} {results['elbo_nll_gap']:9.3f}")
     lines.append(f"  {'active units':<16} {results['active_units']:>5} / {results['latent']}")
+    if "mutual_information" in results:
+        of = results["information_of"].split(",")[0]
+        lines.append(f"  {f'I(x; {of})':<16} {results['mutual_information']:9.3f}")
+        lines.append(f"  {f'TC({of})':<16} {results['total_correlation']:9.3f}")
     if len(results["layers"]) > 1:
         for number, layer in enumerate(results["layers"], 1):
             name = f"  of layer z_{number}"
@@ -286,24 +332,27 @@ def main(argv) -> None:
         cli.fail(
             f"--num_samples must be positive integers, got {','.join(flag_values.num_samples)}"
         )
+    if flag_values.num_images < 0:
+        cli.fail(f"--num_images must be >= 0 (0 = all), got {flag_values.num_images}")
     folder = flag_values.workdir
     # Every number and picture of the command at full float32 precision, whatever the
     # device's default or $JAX_DEFAULT_MATMUL_PRECISION.
     with precision.scoring():
         try:
-            model, params, config, _ = workdir.load_model(folder, PARAMS_FILES[flag_values.params])
-            with workdir.lock(folder):
-                evaluate_workdir(
-                    folder,
-                    model,
-                    params,
-                    config,
-                    sample_counts,
-                    which_params=flag_values.params,
-                    data_dir=flag_values.data_dir or config.data_dir,
-                    num_images=flag_values.num_images,
-                    spherical=flag_values.spherical,
-                )
+            with folders.removed_unless_used(folder):  # --pretrained's, if it fails
+                model, params, config, which_params = _model_to_score(flag_values)
+                with workdir.lock(folder):
+                    evaluate_workdir(
+                        folder,
+                        model,
+                        params,
+                        config,
+                        sample_counts,
+                        which_params=which_params,
+                        data_dir=flag_values.data_dir or config.data_dir,
+                        num_images=flag_values.num_images,
+                        spherical=flag_values.spherical,
+                    )
         except InputError as e:
             cli.fail(str(e))
         except KeyboardInterrupt:
@@ -313,6 +362,33 @@ def main(argv) -> None:
                 file=sys.stderr,
             )
             sys.exit(130)
+
+
+def _model_to_score(flag_values) -> tuple:
+    """(model, params, config, which_params) of --pretrained, or of the run in --workdir.
+
+    A shipped model is scored into --workdir, which is made for it: a folder holding a
+    run of its own is refused, so that no run's eval.json is replaced.
+    """
+    folder, name = flag_values.workdir, flag_values.pretrained
+    if not name:
+        run = workdir.load_model(folder, PARAMS_FILES[flag_values.params])
+        return run.model, run.params, run.config, flag_values.params
+    if flag_values["params"].present:
+        raise InputError("--params picks a run's parameter file; leave it out with --pretrained")
+    run = pretrained.load(name)
+    if os.path.exists(os.path.join(folder, workdir.CONFIG_FILE)):
+        raise InputError(
+            f"--workdir={folder} holds a trained run; name a new folder for the evaluation of "
+            f"--pretrained={name}"
+        )
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise InputError(
+            f"--workdir={folder} cannot be made ({e.strerror}); choose another"
+        ) from None
+    return run.model, run.params, run.config, f"pretrained:{name}"
 
 
 def evaluate_workdir(
@@ -334,6 +410,11 @@ def evaluate_workdir(
     )
     test_images = data.eval_inputs(dataset.test_images, config.binarization)
     test_labels = dataset.test_labels
+    if num_images > len(test_images):
+        raise InputError(
+            f"--num_images={num_images} exceeds the {len(test_images)} test images of "
+            f"{config.dataset}; pass at most {len(test_images)}, or 0 for all"
+        )
     if num_images:
         test_images, test_labels = test_images[:num_images], test_labels[:num_images]
     protocol = run_protocol(config, which_params)
@@ -396,7 +477,18 @@ def run_protocol(config, which_params: str) -> dict:
 
 def define_flags() -> None:
     flags.DEFINE_string(
-        "workdir", None, "A finished run's folder (from vae_jax.main).", required=True
+        "workdir",
+        None,
+        "A finished run's folder (from vae_jax.main); with --pretrained, the folder that "
+        "receives the evaluation.",
+        required=True,
+    )
+    flags.DEFINE_string(
+        "pretrained",
+        None,
+        "Score a shipped model instead of a run: mnist_reference, mnist_binarized or "
+        "mnist_vamp_hierarchy (docs/pretrained.md). At its card's settings (all test "
+        "images, --num_samples=1,50,5000) the numbers are its card's.",
     )
     flags.DEFINE_list(
         "num_samples",

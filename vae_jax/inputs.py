@@ -4,8 +4,9 @@
 with a `ValueError` that names what was expected:
 
 - dtype: uint8 pixels (0..255) pass as they are, and the jitted maths divides them by
-  255; bool, float16, bfloat16 and float64 become float32, other integers float32 / 255;
-  anything else (complex, strings, objects) is refused;
+  255; bool (0/1), float16, bfloat16 and float64 become float32; other integer dtypes
+  are refused, since their scale is unknown (int64 of 0 and 1 is a binarized array, of
+  0..255 pixels), as is anything else (complex, strings, objects);
 - shape: [batch, pixels] with the model's pixel count; [batch, H, W] and [batch, H, W, C]
   images with that many pixels are flattened; a single image, an empty batch or another
   pixel count is refused;
@@ -65,7 +66,11 @@ def _converted_dtype(images, name: str):
     if dtype == np.bool_:
         return images.astype(xp.float32)
     if jnp.issubdtype(dtype, jnp.integer):
-        return images.astype(xp.float32) / MAX_PIXEL
+        raise ValueError(
+            f"{name} of dtype {dtype} have no known scale (0..255 pixels, or 0/1?): pass "
+            f"{name}.astype(np.uint8) for pixels 0..255, {name}.astype(bool) for binary "
+            "pixels, or floats in [0, 1]"
+        )
     if jnp.issubdtype(dtype, jnp.floating):
         return images.astype(xp.float32)
     raise ValueError(
@@ -116,10 +121,17 @@ def check_values(images, pixel_range: tuple[float, float] | None, name: str = "i
     if pixel_range is not None and (low < pixel_range[0] or high > pixel_range[1]):
         lo, hi = pixel_range
         slip = " (pixels in 0..255? divide by 255, or pass them as uint8)" if high > 1.5 else ""
+        outside = [f"{_exact(low)} < {lo:g}"] if low < lo else []
+        outside += [f"{_exact(high)} > {hi:g}"] if high > hi else []
         raise ValueError(
             f"{name} must be in [{lo:g}, {hi:g}] for this likelihood; got values in "
-            f"[{float(low):g}, {float(high):g}]{slip}"
+            f"[{_exact(low)}, {_exact(high)}]: {' and '.join(outside)}{slip}"
         )
+
+
+def _exact(value) -> str:
+    """A float as the shortest decimal that is exactly it: 1.0000001, not 1."""
+    return np.format_float_positional(value, unique=True, trim="-")
 
 
 def check_images(
@@ -188,3 +200,19 @@ def _matches(images_shape, outputs_shape) -> bool:
 def check_batch(images, name: str = "images"):
     """A batch [N, pixels] of a dataset (uint8 or floats), for `data.batches`."""
     return check_images(images, None, UNIT_INTERVAL, name=name)
+
+
+def check_per_image(nll, output, images, name: str = "the likelihood's nll"):
+    """`nll` of a likelihood, if it is one number per image: the batch axes of `output`
+    [..., outputs] and `images` [..., pixels], broadcast. Checked statically, at trace
+    time; a ValueError naming the fix otherwise (a sum over the batch would train on a
+    loss of another scale, and per-pixel values break the bound's shapes)."""
+    expected = jnp.broadcast_shapes(jnp.shape(output)[:-1], jnp.shape(images)[:-1])
+    if jnp.shape(nll) != expected:
+        raise ValueError(
+            f"{name} gave shape {tuple(jnp.shape(nll))} for decoder outputs "
+            f"{tuple(jnp.shape(output))} and images {tuple(jnp.shape(images))}; it must give "
+            f"-log p(x|z) of each image, shape {expected}: sum over the pixels (axis=-1) "
+            "only, with no sum or mean over images (PyTorch's reduction='sum')"
+        )
+    return nll

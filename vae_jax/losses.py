@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax.inputs import UNIT_INTERVAL, check_pixels
+from vae_jax.inputs import UNIT_INTERVAL, check_per_image, check_pixels
 
 RECONSTRUCTIONS = ("bernoulli", "continuous_bernoulli", "gaussian", "laplace")
 # The fixed std (gaussian) or scale (laplace) of p(x|z) in pixel units: the one default
@@ -128,9 +128,11 @@ def reconstruction_nll(
     """
     if hasattr(reconstruction, "nll"):
         pixel_range = getattr(reconstruction, "pixel_range", UNIT_INTERVAL)
-        return reconstruction.nll(logits, check_pixels(images, None, pixel_range))
+        images = check_pixels(images, None, pixel_range)
+        return check_per_image(reconstruction.nll(logits, images), logits, images)
     if callable(reconstruction):
-        return reconstruction(logits, check_pixels(images))
+        images = check_pixels(images)
+        return check_per_image(reconstruction(logits, images), logits, images)
     if reconstruction == "bernoulli":
         return bernoulli_nll(logits, images)
     if reconstruction == "continuous_bernoulli":
@@ -256,3 +258,25 @@ def negative_iwae_bound(
     if kl is None:
         kl = jnp.mean(log_posterior - log_prior, axis=0)
     return ElboTerms(loss=-bound, recon=jnp.mean(recon, axis=0), kl=kl)
+
+
+def negative_miwae_bound(log_weights: jax.Array) -> jax.Array:
+    """-MIWAE(M, K) per image (Rainforth et al. 2018): [M, K, batch] log weights -> [batch].
+
+    The average of M independent IWAE bounds of K draws each,
+        MIWAE = 1/M sum_m log (1/K sum_k w_mk),
+    so MIWAE(1, K) = IWAE(K) and MIWAE(M, 1) is the M-draw average of the ELBO.
+    """
+    num_samples = log_weights.shape[1]
+    return -jnp.mean(jax.nn.logsumexp(log_weights, axis=1) - jnp.log(num_samples), axis=0)
+
+
+def negative_ciwae_bound(log_weights: jax.Array, ciwae_beta: float | jax.Array) -> jax.Array:
+    """-CIWAE(beta) per image (Rainforth et al. 2018): [K, batch] log weights -> [batch].
+
+    beta ELBO + (1 - beta) IWAE(K) of the same K draws, the ELBO being their average
+    log w: CIWAE(1) is the ELBO, CIWAE(0) is IWAE(K).
+    """
+    num_samples = log_weights.shape[0]
+    iwae = jax.nn.logsumexp(log_weights, axis=0) - jnp.log(num_samples)
+    return -(ciwae_beta * jnp.mean(log_weights, axis=0) + (1.0 - ciwae_beta) * iwae)

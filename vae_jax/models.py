@@ -306,6 +306,9 @@ class VAE(SamplesPosterior, nn.Module):
       likelihood: p(x|z) (`vae_jax.likelihoods`: `Bernoulli()`, `Gaussian(0.1)`, ... or a
         function (decoder_output, images) -> -log p(x|z)): what the model is scored,
         sampled and reconstructed with.
+      flow: None (q(z|x) is the encoder's Gaussian), or a normalizing flow that the
+        Gaussian's draws pass through (`vae_jax.flows.IAF`): z_0 [..., latent] ->
+        (z, log |det dz/dz_0| [...]); log q(z|x) stays exact.
     """
 
     latent: int = 64
@@ -317,6 +320,7 @@ class VAE(SamplesPosterior, nn.Module):
     decoder: nn.Module | None = None
     prior: nn.Module | None = None
     likelihood: Any = Bernoulli()
+    flow: nn.Module | None = None
 
     def __post_init__(self):
         widths = tuple(self.hidden_sizes)
@@ -352,9 +356,17 @@ class VAE(SamplesPosterior, nn.Module):
         wide_mean, wide_logvar = _broadcast(mean, eps.shape), _broadcast(logvar, eps.shape)
         z = wide_mean + eps * jnp.exp(0.5 * wide_logvar)
         log_q = log_normal_diag(z, wide_mean, wide_logvar)
+        if self.flow is not None:  # log q(z) = log q(z_0) - log |det dz/dz_0|
+            z, log_det = self.flow(z)
+            log_q = log_q - log_det
         return PosteriorDraw((z,), log_q, ((mean, logvar),))
 
     def log_posterior(self, x: jax.Array, z: tuple[jax.Array]) -> jax.Array:
+        if self.flow is not None:
+            raise ValueError(
+                "log q(z|x) of given draws needs the flow's inverse, which an IAF computes "
+                "one dimension at a time: the DReG estimator is not offered with a flow"
+            )
         mean, logvar = self.encoder(x)
         return log_normal_diag(z[0], _broadcast(mean, z[0].shape), _broadcast(logvar, z[0].shape))
 
@@ -370,7 +382,9 @@ class VAE(SamplesPosterior, nn.Module):
 
     def analytic_kl(self, draw: PosteriorDraw) -> jax.Array | None:
         kl = getattr(self.prior, "kl_from_gaussian", None)
-        return None if kl is None else kl(*draw.gaussians[0])
+        if kl is None or self.flow is not None:  # a flow's q is no Gaussian: Monte Carlo
+            return None
+        return kl(*draw.gaussians[0])
 
 
 class HierarchicalVAE(SamplesPosterior, nn.Module):
@@ -489,7 +503,7 @@ def with_dtype(model: nn.Module, dtype) -> nn.Module:
         has_dtype = isinstance(piece, nn.Module) and hasattr(piece, "dtype")
         return piece.clone(dtype=dtype) if has_dtype else piece
 
-    fields = ("encoder", "decoder", "prior", "encoders", "conditional_priors")
+    fields = ("encoder", "decoder", "prior", "encoders", "conditional_priors", "flow")
     changes = {field: in_dtype(getattr(model, field)) for field in fields if hasattr(model, field)}
     return model.clone(dtype=dtype, **changes)
 
@@ -517,7 +531,7 @@ def negative_log_likelihood(model, images: jax.Array, z, likelihood=None) -> jax
     output = model.decode(z)
     images = images.reshape((1,) * (output.ndim - images.ndim) + images.shape)
     likelihood = likelihoods.of_model(model) if likelihood is None else likelihood
-    return likelihood.nll(output, images)
+    return inputs.check_per_image(likelihood.nll(output, images), output, images)
 
 
 def model_of(apply_fn):

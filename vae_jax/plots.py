@@ -1,9 +1,12 @@
 """Pictures as PNG files: image grids, reconstructions, loss curves.
 
-Uses matplotlib's object API with the Agg canvas (no pyplot), so nothing global changes
-and no display is needed.
+Grids of images are written as PNG directly (`write_png`), so they need no image library
+and the core install draws them; plots with axes use matplotlib's object API with the Agg
+canvas (no pyplot), so nothing global changes and no display is needed.
 """
 
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,13 +54,33 @@ def tile_images(images: np.ndarray, image_shape: Sequence[int], num_columns: int
 
 def save_mosaic(mosaic: np.ndarray, path: str) -> None:
     """Writes a `tile_images` mosaic in [0, 1] as a PNG, upscaled `UPSCALE` times."""
-    import matplotlib.image
-
     mosaic = np.clip(mosaic, 0.0, 1.0).repeat(UPSCALE, axis=0).repeat(UPSCALE, axis=1)
-    if mosaic.shape[-1] == 1:
-        matplotlib.image.imsave(path, mosaic[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-    else:
-        matplotlib.image.imsave(path, mosaic)
+    write_png(path, np.round(mosaic * 255.0).astype(np.uint8))
+
+
+def write_png(path: str, pixels: np.ndarray) -> None:
+    """Writes uint8 pixels [height, width, channels] (1: gray, 3: RGB, 4: RGBA) as a PNG.
+
+    An image grid needs no image library: the format's three chunks, with the standard
+    library's zlib, are all of it. So the core install, which has no matplotlib, draws
+    digits too (`save_image_grid`); the plots with axes need matplotlib.
+    """
+    height, width, channels = pixels.shape
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    rows = np.ascontiguousarray(pixels, np.uint8).reshape(height, width * channels)
+    # Each row is preceded by its filter type, 0: the bytes as they are.
+    scanlines = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(scanlines, 9)))
+        f.write(chunk(b"IEND", b""))
 
 
 def save_image_grid(
@@ -163,10 +186,13 @@ def latent_projection(means: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
     """[n, latent] -> [n, 2]: the latent itself if 2-d, else its first two principal components."""
     means = np.asarray(means, np.float64)
     if means.shape[1] <= 2:
-        return means, ("z_1", "z_2")
-    centered = means - means.mean(0)
-    _, _, components = np.linalg.svd(centered, full_matrices=False)
-    return centered @ components[:2].T, ("PC 1", "PC 2")
+        points, names = means, ("z_1", "z_2")
+    else:
+        centered = means - means.mean(0)
+        _, _, components = np.linalg.svd(centered, full_matrices=False)
+        points, names = centered @ components[:2].T, ("PC 1", "PC 2")
+    # A 1-d latent, or fewer points than two components: the missing axis is 0.
+    return np.pad(points, ((0, 0), (0, 2 - points.shape[1]))), names
 
 
 def save_latent_scatter(model, params, images, labels, path) -> None:

@@ -35,20 +35,33 @@ from vae_jax import (
     checkpoint,
     data,
     errors,
+    folders,
     parallel,
     plots,
     precision,
+    pretrained,
     summaries,
     train,
     workdir,
 )
-from vae_jax.config import Config, check_compatible
+from vae_jax.config import Config, check_compatible, check_same_model
 from vae_jax.errors import InputError
 from vae_jax.models import reconstruct_images, sample_images, with_dtype
 
 NUM_SAMPLES = 64  # digits in samples.png
 NUM_RECONSTRUCTIONS = 16  # test images in reconstructions.png
-EARLY_STOPPED = "early_stopped"  # in the last metrics record of a run that stopped early
+EARLY_STOPPED = "early_stopped"  # in the last record of a run --early_stop_patience ended
+FINISHED_EARLY = "finished_early"  # in the last record of a run the caller's should_finish ended
+# Every name a run writes into an epoch's record, or into the record it returns: a
+# callback may not return one of them (it would be overwritten, or steer the run).
+RECORD_KEYS = frozenset(
+    {
+        "epoch", "train_objective", "train_loss", "train_recon", "train_kl", "beta",
+        "grad_norm", "learning_rate", "test_elbo", "test_loss", "test_recon", "test_kl",
+        "epoch_time_s", "images_per_s", "valid_elbo", "compile_time_s", "skipped_batches",
+        EARLY_STOPPED, FINISHED_EARLY, "stopped", "finished",
+    }
+)  # fmt: skip
 
 # f(epoch, record, params) -> None or {name: number}: numbers that join the epoch's record.
 Callback = Callable[[int, Mapping[str, Any], Any], Mapping[str, Any] | None]
@@ -59,6 +72,7 @@ def train_and_evaluate(
     should_stop: Callable[[], bool] = lambda: False,
     writers: Sequence[summaries.Writer] = (),
     callbacks: Sequence[Callback] = (),
+    should_finish: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Trains a VAE as `config` says, writing metrics, pictures and parameters to its workdir.
 
@@ -70,18 +84,26 @@ def train_and_evaluate(
     epoch; when it returns True (in any process) the run writes a checkpoint and returns
     early. The workdir is locked for the whole run (`workdir.lock`).
 
+    `should_finish` is polled after each epoch too: when it returns True the run ends
+    there for good, as early stopping ends it: its final parameters and pictures are
+    written, its last record says `"finished_early": true`, and a later call answers that
+    it is finished.
+
     Each epoch's record goes to metrics.jsonl, the console, `writers`
     (`vae_jax.summaries.Writer`: W&B, MLflow, ...) and, with `config.tensorboard`,
     TensorBoard, from process 0 only. Before that, each of `callbacks` is called as
     `f(epoch, record, params)` with the parameters that are scored (the moving average
-    with --ema_decay); the numbers of the dict it returns (or None) join the record, so
-    they are written, shown and resumed like the rest. Callbacks run on every process.
+    with --ema_decay), as a copy the callback may keep; the numbers of the dict it
+    returns (or None) join the record, so they are written, shown and resumed like the
+    rest. A callback may not return a name of `RECORD_KEYS`. Callbacks run on every
+    process.
 
-    Returns the last epoch's metrics record, with `"stopped": True` after an early stop.
+    Returns the last epoch's metrics record, with `"stopped": True` after a stop.
     Raises ImportError at once when the [all] extra is missing, and InputError, before
     any training and without touching an earlier run's files, when the config, data or
     checkpoint are unusable or another process uses the workdir, and after writing the
-    metrics of the epoch where training diverged (the last good checkpoint stays).
+    metrics of the epoch where training diverged (the last good checkpoint stays). A
+    workdir it made for a run that failed before writing anything is removed again.
     """
     config.validate()
     errors.require_command_extra(
@@ -96,15 +118,18 @@ def train_and_evaluate(
     # The same run stopped before its first checkpoint: start it again (it is a pure
     # function of its config, so nothing is lost).
     restarting = not resuming and workdir.is_same_run(config.workdir, config)
+    start = None if resuming else starting_point(config)  # a resumed run has its own
     outputs = (*workdir.OUTPUTS, workdir.BEST_PARAMS_FILE)
-    workdir.prepare(config, () if resuming or restarting else outputs)
-    with _hold(config.workdir), contextlib.ExitStack() as closing:
-        run = build_run(config, mesh)
-        restored = restore_or_init(config, run, resuming)
-        reporter = closing.enter_context(
-            Reporter.open(config, run, restored.history, writers, resuming)
-        )
-        return _train_and_evaluate(run, restored, reporter, should_stop, callbacks)
+    with folders.removed_unless_used(config.workdir):
+        workdir.prepare(config, () if resuming or restarting else outputs)
+        with _hold(config.workdir), contextlib.ExitStack() as closing:
+            run = build_run(config, mesh, start)
+            restored = restore_or_init(config, run, resuming)
+            reporter = closing.enter_context(
+                Reporter.open(config, run, restored.history, writers, resuming)
+            )
+            stops = Stops(should_stop, should_finish)
+            return _train_and_evaluate(run, restored, reporter, stops, callbacks)
 
 
 def finished_run(config: Config) -> dict[str, Any] | None:
@@ -131,7 +156,7 @@ def finished_run(config: Config) -> dict[str, Any] | None:
     last_epoch = max(checkpoint.complete_epochs(folder))
     if not history or history[-1]["epoch"] > last_epoch:
         return None
-    stopped_early = bool(history[-1].get(EARLY_STOPPED))
+    stopped_early = ends_early(config, history)
     if history[-1]["epoch"] < config.epochs and not stopped_early:
         return None
     if parallel.is_writer():
@@ -143,6 +168,26 @@ def finished_run(config: Config) -> dict[str, Any] | None:
             flush=True,
         )
     return {**history[-1], "finished": True}
+
+
+def starting_point(config: Config) -> workdir.LoadedRun | None:
+    """The trained model whose parameters `--init_from` starts the run from (None without
+    it). Raises InputError when it names no such model, or one of other model settings."""
+    if not config.init_from:
+        return None
+    start = pretrained.load_any(config.init_from)
+    check_same_model(start.config, config, f"--init_from={config.init_from}")
+    return start
+
+
+def ends_early(config: Config, history: list[dict[str, Any]]) -> bool:
+    """Whether a run whose records are `history` ended early for good under `config`: its
+    caller's `should_finish` ended it, or `config`'s early stopping would have (a run
+    stopped early and resumed with a larger --early_stop_patience goes on)."""
+    last = history[-1]
+    if last.get(FINISHED_EARLY):
+        return True
+    return bool(last.get(EARLY_STOPPED)) and BestEpoch.of(config, history).exhausted(last["epoch"])
 
 
 @contextlib.contextmanager
@@ -183,10 +228,12 @@ class Run(NamedTuple):
     host_valid_images: np.ndarray | None  # likewise, with --num_valid
 
 
-def build_run(config: Config, mesh) -> Run:
-    """Reads the data and builds the model, objective, optimiser and initial state.
+def build_run(config: Config, mesh, start: workdir.LoadedRun | None = None) -> Run:
+    """Reads the data and builds the model, objective, optimiser and initial state: the
+    parameters of `start` (`starting_point`), else drawn from the run's init key.
 
-    Writes no file. Raises InputError for data that the config cannot train on.
+    Writes no file. Raises InputError for data that the config cannot train on, or
+    that `start` was not trained on images of the shape of.
     """
     dataset = data.load_dataset(
         config.dataset,
@@ -204,17 +251,27 @@ def build_run(config: Config, mesh) -> Run:
             "images; lower --batch_size"
         )
     steps_per_epoch = -(-num_train // config.batch_size)
+    if start is not None and start.image_shape != dataset.image_shape:
+        raise InputError(
+            f"--init_from={config.init_from} is a model of {start.image_shape} images, and "
+            f"{dataset.source} holds {dataset.image_shape} ones; fine-tune it on images of "
+            "its shape"
+        )
     model = config.build_model(dataset.image_shape)
     keys = train.run_keys(config.seed)
     state = train.create_train_state(
-        model, keys.init, config.build_optimizer(steps_per_epoch), config.ema_decay
+        model,
+        keys.init,
+        config.build_optimizer(steps_per_epoch),
+        config.ema_decay,
+        params=None if start is None else start.params,
     )
     return Run(
         config=config,
         mesh=mesh,
         model=model,
         eval_model=with_dtype(model, jnp.float32),  # Scored in float32 whatever --dtype.
-        objective=config.build_objective(steps_per_epoch),
+        objective=config.build_objective(steps_per_epoch, num_train),
         keys=keys,
         initial_state=parallel.put_replicated(state, mesh),
         image_shape=dataset.image_shape,
@@ -266,6 +323,9 @@ def restore_or_init(config: Config, run: Run, resuming: bool) -> Restored:
     history = workdir.read_metrics(
         os.path.join(folder, workdir.METRICS_FILE), up_to_epoch=last_epoch
     )
+    if history and history[-1].pop(EARLY_STOPPED, False) and parallel.is_writer():
+        # Resumed past it: this run's flags allow more epochs (`ends_early`).
+        print(f"going on after the early stop of epoch {last_epoch}, as these flags allow")
     return Restored(state, train_key, history, checkpoints)
 
 
@@ -396,8 +456,11 @@ def callback_numbers(callbacks: Sequence[Callback], epoch: int, record, params) 
                     f"callback {name} returned {key!r}: {numbers_of[key]!r}; a callback returns "
                     "{name: number}"
                 )
-            if key in record or key in added:
-                raise ValueError(f"callback {name} returned {key!r}, a number the record has")
+            if key in RECORD_KEYS or key in record or key in added:
+                raise ValueError(
+                    f"callback {name} returned {key!r}, a name the run's record uses; "
+                    "name your number otherwise"
+                )
             added[key] = int(value) if value.dtype.kind in "biu" else float(value)
     return added
 
@@ -541,7 +604,15 @@ class Reporter:
 # --- The loop -------------------------------------------------------------------------------
 
 
-def _train_and_evaluate(run: Run, restored: Restored, reporter, should_stop, callbacks):
+class Stops(NamedTuple):
+    """The caller's two ways to end a run after an epoch: `pause` (a checkpoint; the same
+    call resumes) and `finish` (for good, as early stopping ends it)."""
+
+    pause: Callable[[], bool]
+    finish: Callable[[], bool]
+
+
+def _train_and_evaluate(run: Run, restored: Restored, reporter, stops: Stops, callbacks):
     config, (state, train_key, history, checkpoints) = run.config, restored
     reporter.log(f"compiling the training epoch and the evaluation ({config.objective}) ...")
     programs = compile_run(run, state, train_key)
@@ -550,12 +621,16 @@ def _train_and_evaluate(run: Run, restored: Restored, reporter, should_stop, cal
     first_epoch = len(history) + 1
     for epoch in range(first_epoch, config.epochs + 1):
         state, train_metrics, record = train_and_score_epoch(run, programs, state, train_key, epoch)
-        record.update(callback_numbers(callbacks, epoch, record, state.eval_params))
+        if callbacks:  # a copy of the parameters, which the next epoch's step donates
+            params = jax.tree.map(jnp.copy, state.eval_params)
+            record.update(callback_numbers(callbacks, epoch, record, params))
         if epoch == first_epoch:
             record["compile_time_s"] = programs.compile_time_s
         improved = best.update(record)
         if best.exhausted(epoch):
             record[EARLY_STOPPED] = True
+        elif epoch < config.epochs and parallel.any_process(stops.finish()):
+            record[FINISHED_EARLY] = True
         history.append(record)
         reporter.write(
             record, state, is_time(epoch, config.tensorboard_images_every, config.epochs)
@@ -563,8 +638,8 @@ def _train_and_evaluate(run: Run, restored: Restored, reporter, should_stop, cal
         check_divergence(config, run, train_metrics, epoch)
         if improved:  # Chosen on the validation images only, never on the test set.
             reporter.write_params(workdir.BEST_PARAMS_FILE, state.eval_params)
-        stop = parallel.any_process(should_stop())
-        ends = record.get(EARLY_STOPPED, False) or epoch == config.epochs
+        stop = parallel.any_process(stops.pause())
+        ends = EARLY_STOPPED in record or FINISHED_EARLY in record or epoch == config.epochs
         if stop or ends or is_time(epoch, config.checkpoint_every, config.epochs):
             checkpoint.save(checkpoints, epoch, state, train_key, config)
         if stop and not ends:
@@ -580,6 +655,8 @@ def _train_and_evaluate(run: Run, restored: Restored, reporter, should_stop, cal
             f"early stop after epoch {history[-1]['epoch']}: no better validation ELBO for "
             f"{config.early_stop_patience} epochs since epoch {best.epoch}"
         )
+    elif history[-1].get(FINISHED_EARLY):
+        reporter.log(f"finished after epoch {history[-1]['epoch']}, as should_finish asked")
     reporter.finish(jax.device_get(state.eval_params), history)  # The average, with --ema_decay
     parallel.barrier("run written")
     return history[-1]
@@ -615,13 +692,9 @@ def write_pictures(run: Run, params, history, folder: str) -> None:
 
 def format_progress(record: dict[str, Any], num_epochs: int) -> str:
     """One console line for an epoch's metrics record, callbacks' numbers included."""
-    shown = {
-        "epoch", "train_objective", "train_loss", "train_recon", "train_kl", "beta",
-        "grad_norm", "learning_rate", "test_elbo", "test_loss", "test_recon", "test_kl",
-        "epoch_time_s", "images_per_s", "valid_elbo", "compile_time_s", "skipped_batches",
-        EARLY_STOPPED,
-    }  # fmt: skip
-    extra = "".join(f"  {name} {value:.4g}" for name, value in record.items() if name not in shown)
+    extra = "".join(
+        f"  {name} {value:.4g}" for name, value in record.items() if name not in RECORD_KEYS
+    )
     return (
         f"epoch {record['epoch']:>3}/{num_epochs}  train {record['train_loss']:8.3f}  "
         f"test {record['test_loss']:8.3f} (recon {record['test_recon']:.3f}, "

@@ -88,20 +88,28 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(
-    model, key: jax.Array, tx: optax.GradientTransformation, ema_decay: float = 0.0
+    model,
+    key: jax.Array,
+    tx: optax.GradientTransformation,
+    ema_decay: float = 0.0,
+    *,
+    params=None,
 ) -> TrainState:
     """The model's parameters initialised from `key`, and `tx`'s state for them.
 
     `tx` is any optax transformation, e.g. `optax.adam(1e-3)` (the reference's) or one
     from `vae_jax.optim.make_optimizer`. `ema_decay` > 0 keeps a moving average of the
-    parameters (`TrainState.ema_params`).
+    parameters (`TrainState.ema_params`). `params`: start from these instead of drawing
+    them (to fine-tune a trained model: `vae_jax.pretrained.load(name).params`); the
+    optimiser's state and the average start afresh.
 
-    Raises ValueError if `model` lacks part of the model interface (docs/models.md).
+    Raises ValueError if `model` lacks part of the model interface (docs/models.md), or
+    if `params` is not a `params` collection of `model`'s shapes.
     """
     check_model(model)
     if not 0 <= ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1) (0 is off), got {ema_decay}")
-    params = init_params(model, key)
+    params = init_params(model, key) if params is None else _checked_params(model, params)
     state = TrainState.create(
         apply_fn=model.apply,
         params=params,
@@ -112,6 +120,36 @@ def create_train_state(
     # TrainState.create starts `step` as a Python int, which would make the first and
     # later calls of a jitted step different programs: start it as the int32 it becomes.
     return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def check_not_donated(state: TrainState) -> None:
+    """Raises ValueError if `state` was donated to an earlier step, whose program took
+    over its buffers: it is the state that step returned that lives on."""
+    if any(
+        isinstance(leaf, jax.Array) and leaf.is_deleted() for leaf in jax.tree.leaves(state.params)
+    ):
+        raise ValueError(
+            "this TrainState was consumed by an earlier train_step, which donates its state: "
+            "use the state that call returned (state, metrics = train_step(state, ...)); to "
+            "keep one, copy it first: jax.tree.map(jnp.copy, state)"
+        )
+
+
+def _checked_params(model, params):
+    """`params` as float32 device arrays, if they have the shapes `model` draws."""
+    expected = jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))
+    shapes_of = functools.partial(jax.tree.map, lambda leaf: tuple(jnp.shape(leaf)))
+    try:
+        same = shapes_of(expected) == shapes_of(params)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(
+            "params do not fit the model: pass the `params` collection of a model built "
+            "with the same settings (LoadedRun.params of vae_jax.pretrained.load)"
+        )
+    # A copy: the train step donates its state, and the caller keeps what it passed.
+    return jax.tree.map(lambda leaf: jnp.array(leaf, jnp.float32), params)
 
 
 def train_step(
@@ -142,8 +180,10 @@ def train_step(
       any clipping.
 
     Raises:
-      ValueError: images the model cannot take (`vae_jax.inputs`), before any device work.
+      ValueError: images the model cannot take (`vae_jax.inputs`), or a state that an
+        earlier step consumed, before any device work.
     """
+    check_not_donated(state)
     model = model_of(state.apply_fn)
     if model is not None:
         images = model_images(

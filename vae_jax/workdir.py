@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import flax
 import jax
 
-from vae_jax import train
+from vae_jax import folders, train
 from vae_jax.config import Config, check_compatible, config_from_dict
 from vae_jax.errors import InputError
 
@@ -37,7 +37,7 @@ SAMPLES_FILE = "samples.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 LOSS_CURVES_FILE = "loss_curves.png"
 BEST_PARAMS_FILE = "best_params.msgpack"  # with --num_valid: the best epoch's parameters
-LOCK_FILE = ".vae_jax.lock"
+LOCK_FILE = folders.LOCK_FILE
 # What a finished run leaves (besides checkpoints/ and the lock file).
 OUTPUTS = (
     METRICS_FILE,
@@ -251,16 +251,30 @@ def load_model(workdir: str, params_file: str = PARAMS_FILE) -> LoadedRun:
             f'add "{IMAGE_SHAPE_KEY}": [28, 28, 1] to it for MNIST'
         )
     model = config.build_model(image_shape)
-    template = jax.eval_shape(functools.partial(train.init_params, model), jax.random.key(0))
     try:
         with open(paths[params_file], "rb") as f:
-            params = flax.serialization.from_bytes(template, f.read())
+            content = f.read()
+    except OSError as e:
+        raise InputError(f"cannot read {paths[params_file]} ({e.strerror})") from None
+    params = params_from_bytes(
+        model, content, paths[params_file], paths[CONFIG_FILE], "was one of them replaced?"
+    )
+    return LoadedRun(model, params, config, tuple(image_shape))
+
+
+def params_from_bytes(model, content: bytes, where: str, model_source: str, fix: str):
+    """The `params` collection of `model` from msgpack bytes (`write_params`), on the host.
+
+    Raises InputError naming `where` (the bytes' file) when they are not such a
+    collection, or one of other shapes than the model of `model_source` (its settings'
+    file) has, which `fix` says how to mend.
+    """
+    template = jax.eval_shape(functools.partial(train.init_params, model), jax.random.key(0))
+    try:
+        params = flax.serialization.from_bytes(template, content)
     except Exception as e:  # msgpack and flax raise several types for a bad file.
-        raise InputError(f"cannot load {paths[params_file]} ({type(e).__name__}: {e})") from None
+        raise InputError(f"cannot load {where} ({type(e).__name__}: {e})") from None
     shapes = jax.tree.map(lambda leaf: tuple(leaf.shape), (template, params))
     if shapes[0] != shapes[1]:
-        raise InputError(
-            f"{paths[params_file]} does not fit the model of {paths[CONFIG_FILE]}; "
-            "was one of them replaced?"
-        )
-    return LoadedRun(model, params, config, tuple(image_shape))
+        raise InputError(f"{where} does not fit the model of {model_source}; {fix}")
+    return params
