@@ -251,7 +251,7 @@ def test_vmapped_sweep_matches_separate_runs(images):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(num_samples=5), "--num_samples=5 is for --objective=iwae; add that flag"),
+        (dict(num_samples=5), "--num_samples=5 is for --objective=iwae|miwae|ciwae|piwae; add"),
         (dict(objective="iwae", num_samples=0), "--num_samples must be >= 1, got 0"),
         (dict(free_bits=-1.0), "--free_bits must be >= 0, got -1.0"),
         (dict(objective="iwae", free_bits=0.5), "--free_bits works with --objective=elbo only"),
@@ -262,6 +262,30 @@ def test_vmapped_sweep_matches_separate_runs(images):
         ),
         (dict(beta_schedule="cosine"), "--beta_schedule=cosine is not one of constant"),
         (dict(architecture="resnet"), "--architecture=resnet is not one of mlp, conv"),
+        (dict(objective="elbo", num_samples=5), "--num_samples=5 is for --objective=iwae|"),
+        (dict(num_groups=3), "--num_groups=3 is for --objective=miwae|piwae"),
+        (dict(objective="miwae", num_groups=0), "--num_groups must be >= 1, got 0"),
+        (dict(objective="ciwae", ciwae_beta=-0.1), "--ciwae_beta must be in [0, 1], got -0.1"),
+        (dict(ciwae_beta=0.2), "--ciwae_beta=0.2 is for --objective=ciwae"),
+        (dict(objective="btcvae", tc_weight=-1.0), "--tc_weight must be >= 0, got -1.0"),
+        (dict(tc_estimator="mss"), "--tc_estimator=mss is for --objective=btcvae"),
+        (dict(objective="btcvae", tc_estimator="x"), "--tc_estimator=x is not one of mws, mss"),
+        (dict(objective="btcvae", latent=(8, 8)), "--objective=btcvae splits the KL of one"),
+        (dict(objective="btcvae", batch_size=1), "--batch_size must be at least 2"),
+        (dict(objective="wae", mmd_weight=-1.0), "--mmd_weight must be >= 0, got -1.0"),
+        (dict(objective="infovae", mmd_bandwidth=0.0), "--mmd_bandwidth must be > 0, got 0.0"),
+        (dict(mmd_kernel="rbf"), "--mmd_kernel=rbf is for --objective=infovae|wae"),
+        (dict(objective="wae", mmd_kernel="poly"), "--mmd_kernel=poly is not one of imq, rbf"),
+        (dict(posterior="maf"), "--posterior=maf is not one of gaussian, iaf"),
+        (dict(posterior="iaf", num_flows=0), "--num_flows must be at least 1, got 0"),
+        (dict(posterior="iaf", flow_hidden=0), "--flow_hidden must be at least 1, got 0"),
+        (dict(num_flows=4), "--num_flows=4 is for --posterior=iaf"),
+        (dict(posterior="iaf", latent=(8, 8)), "--posterior=iaf flows one stochastic layer"),
+        (
+            dict(posterior="iaf", objective="iwae", gradient_estimator="dreg"),
+            "--gradient_estimator=dreg scores given draws under q",
+        ),
+        (dict(posterior="iaf", free_bits=1.0), "--free_bits needs the closed-form KL"),
     ],
 )
 def test_bad_research_settings_name_the_flag(settings, message):
@@ -360,3 +384,185 @@ def test_the_deprecated_objective_likelihood_still_overrides_the_model_s(trained
     )
     with pytest.raises(ValueError, match="or a function"):
         Objective(reconstruction="poisson")
+
+
+# --- The IWAE family, beta-TCVAE and the MMD objectives ---------------------------------
+
+
+def _value_and_grads(objective, params, batch, key=jax.random.key(7)):
+    """The objective's value and its gradient on `batch` with the draws of `key`."""
+    fn = jax.value_and_grad(lambda p: objective.batch_loss(p, SMALL.apply, batch, key)[0])
+    return fn(params)
+
+
+def _log_weights(params, batch, key, num_draws):
+    """log w of `num_draws` draws an image, as every importance-weighted objective draws them."""
+    draw = SMALL.apply({"params": params}, batch, key, num_draws, method="sample_posterior")
+    logits = SMALL.apply({"params": params}, draw.z, method="decode")
+    recon = bernoulli_nll(logits, batch[None])
+    return -recon + log_standard_normal(draw.z[0]) - draw.log_q  # [draws, batch]
+
+
+def test_the_iwae_family_meets_its_identities_draw_for_draw(trained):
+    params, batch = trained
+    key = jax.random.key(7)
+
+    def value(objective):
+        return float(objective.batch_loss(params, SMALL.apply, batch, key)[0])
+
+    def grads(objective):
+        return _value_and_grads(objective, params, batch, key)[1]
+
+    iwae5 = Objective(bound="iwae", num_samples=5)
+    miwae_1x5 = Objective(bound="miwae", num_samples=5, num_groups=1)
+    assert value(miwae_1x5) == value(iwae5)  # MIWAE(1, K) = IWAE(K)
+    jax.tree.map(np.testing.assert_array_equal, grads(miwae_1x5), grads(iwae5))
+    assert value(Objective(bound="ciwae", num_samples=5, ciwae_beta=0.0)) == value(iwae5)
+    # MIWAE(M, 1) and CIWAE(1) are the average ELBO of their draws.
+    log_w = _log_weights(params, batch, key, 5)
+    mean_elbo = -float(jnp.mean(log_w))
+    assert value(Objective(bound="miwae", num_samples=1, num_groups=5)) == pytest.approx(
+        mean_elbo, rel=1e-6
+    )
+    assert value(Objective(bound="ciwae", num_samples=5, ciwae_beta=1.0)) == pytest.approx(
+        mean_elbo, rel=1e-6
+    )
+    # MIWAE(2, 3): the mean of two IWAE bounds of 3 draws each, the draws in groups.
+    grouped = _log_weights(params, batch, key, 6).reshape(2, 3, -1)
+    expected = -np.mean(jax.nn.logsumexp(grouped, axis=1) - np.log(3))
+    assert value(Objective(bound="miwae", num_samples=3, num_groups=2)) == pytest.approx(
+        float(expected), rel=1e-6
+    )
+    ciwae = Objective(bound="ciwae", num_samples=5, ciwae_beta=0.3)
+    assert value(ciwae) == pytest.approx(0.3 * mean_elbo + 0.7 * value(iwae5), rel=1e-6)
+
+
+def test_piwae_gives_each_network_the_gradient_of_its_bound(trained):
+    params, batch = trained
+    piwae = Objective(bound="piwae", num_samples=3, num_groups=2)
+    value, grads = _value_and_grads(piwae, params, batch)
+    iwae_value, iwae_grads = _value_and_grads(Objective(bound="iwae", num_samples=6), params, batch)
+    miwae = Objective(bound="miwae", num_samples=3, num_groups=2)
+    _, miwae_grads = _value_and_grads(miwae, params, batch)
+    assert float(value) == pytest.approx(float(iwae_value), rel=1e-6)  # IWAE of all 6 draws
+    jax.tree.map(assert_close_to_rounding, grads["decoder"], iwae_grads["decoder"])
+    jax.tree.map(assert_close_to_rounding, grads["encoder"], miwae_grads["encoder"])
+    # ... and not the other's (the two bounds' encoder gradients differ).
+    difference = optax.tree.norm(jax.tree.map(jnp.subtract, iwae_grads, miwae_grads)["encoder"])
+    assert float(difference) > 1e-3 * float(optax.tree.norm(miwae_grads["encoder"]))
+
+
+def test_btcvae_with_a_tc_weight_of_one_is_the_elbo_of_its_draw(trained):
+    """MI + TC + dimension-wise KL is each draw's log q - log p: at tc_weight = 1, beta-TCVAE
+    is the ELBO with a Monte Carlo KL, whatever the estimator."""
+    params, batch = trained
+    key = jax.random.key(7)
+    for estimator in ("mws", "mss"):
+        btcvae = Objective(bound="btcvae", tc_weight=1.0, tc_estimator=estimator, dataset_size=50)
+        value = float(btcvae.batch_loss(params, SMALL.apply, batch, key)[0])
+        log_w = _log_weights(params, batch, key, 1)
+        assert value == pytest.approx(-float(jnp.mean(log_w)), rel=1e-5)
+    heavier = Objective(bound="btcvae", tc_weight=6.0, dataset_size=50)
+    assert float(heavier.batch_loss(params, SMALL.apply, batch, key)[0]) != value
+
+
+def test_the_mmd_objectives_add_the_weighted_mmd_to_their_base(trained):
+    params, batch = trained
+    key = jax.random.key(7)
+    elbo = float(Objective().batch_loss(params, SMALL.apply, batch, key)[0])
+    _, metrics = Objective().batch_loss(params, SMALL.apply, batch, key)
+    for bound, base in (("infovae", elbo), ("wae", float(metrics["recon"]))):
+        unweighted = Objective(bound=bound, mmd_weight=0.0)
+        assert float(unweighted.batch_loss(params, SMALL.apply, batch, key)[0]) == pytest.approx(
+            base, rel=1e-6
+        )
+        weighted = float(Objective(bound=bound).batch_loss(params, SMALL.apply, batch, key)[0])
+        assert weighted != pytest.approx(base, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(bound="miwae", num_groups=0), "num_groups must be >= 1"),
+        (dict(bound="iwae", num_samples=3, num_groups=2), "num_groups=2 is for miwae and piwae"),
+        (dict(bound="ciwae", num_samples=3, ciwae_beta=1.5), r"ciwae_beta must be in \[0, 1\]"),
+        (dict(bound="btcvae", tc_estimator="x"), "tc_estimator must be one of"),
+        (dict(bound="wae", mmd_kernel="poly"), "mmd_kernel must be one of"),
+        (dict(bound="btcvae", num_samples=3), "num_samples=3: >= 1 for iwae"),
+    ],
+)
+def test_the_objectives_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Objective(**settings)
+
+
+VARIANTS = {
+    "miwae": dict(objective="miwae", num_samples=2, num_groups=2),
+    "ciwae": dict(objective="ciwae", num_samples=3, ciwae_beta=0.25),
+    "piwae": dict(objective="piwae", num_samples=2, num_groups=2),
+    "btcvae_mws": dict(objective="btcvae", tc_weight=4.0),
+    "btcvae_mss": dict(objective="btcvae", tc_estimator="mss"),
+    "infovae_rbf": dict(objective="infovae", mmd_kernel="rbf", mmd_bandwidth=0.5),
+    "wae": dict(objective="wae", mmd_weight=10.0),
+    "iaf": dict(posterior="iaf", num_flows=3, flow_hidden=16),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VARIANTS)
+def test_each_variant_trains_records_its_settings_and_keeps_them_on_resume(name, idx_dir, tmp_path):
+    from vae_jax import workdir
+    from vae_jax.evaluate import evaluate_run
+    from vae_jax.run import train_and_evaluate
+
+    settings = dict(num_train=256, batch_size=128, latent=(4,), hidden_sizes=(32,), epochs=1)
+    config = Config(
+        **settings, **VARIANTS[name], binarization="dynamic", data_dir=str(idx_dir),
+        workdir=str(tmp_path / "w"), tensorboard=False,
+    )  # fmt: skip
+    record = train_and_evaluate(config.validate())
+    assert np.isfinite(record["train_objective"]) and np.isfinite(record["test_elbo"])
+    saved, _ = workdir.read_config(config.workdir)
+    assert {key: getattr(saved, key) for key in VARIANTS[name]} == VARIANTS[name]
+    run = workdir.load_model(config.workdir)
+    images = np.asarray(data.binarize(jax.random.key(0), data.to_unit_interval(
+        data.read_idx_dir(str(idx_dir)).test_images[:200])))  # fmt: skip
+    results = evaluate_run(run.model, run.params, images, jax.random.key(1), (1, 20), mesh=None)
+    neg = [results["bounds"][k]["neg_bound"] for k in ("1", "20")]
+    assert neg[0] > neg[1] and np.isfinite(results["total_correlation"])
+    assert results["mutual_information"] >= 0
+    # A resume that would change one of them is refused, naming it.
+    first = next(iter(VARIANTS[name].items()))
+    changed = {**VARIANTS[name], first[0]: "gaussian" if first[0] == "posterior" else "iwae"}
+    if first[0] == "objective":
+        changed = {"objective": "iwae", "num_samples": 2}
+    other = dataclasses.replace(config, epochs=2, **changed)
+    with pytest.raises(InputError, match=f"--{first[0]}"):
+        train_and_evaluate(other)
+
+
+@pytest.mark.slow
+def test_miwae_of_one_group_trains_as_iwae_from_the_command_line(idx_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    common = [
+        f"--data_dir={idx_dir}", "--num_train=512", "--batch_size=128", "--epochs=2",
+        "--latent=4", "--hidden_sizes=32", "--binarization=dynamic", "--notensorboard",
+    ]  # fmt: skip
+    losses = {}
+    for name, flags in (
+        ("iwae", ["--objective=iwae", "--num_samples=5"]),
+        ("miwae", ["--objective=miwae", "--num_groups=1", "--num_samples=5"]),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "vae_jax.main", *common, *flags, f"--workdir={tmp_path / name}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        losses[name] = [json.loads(line)["train_loss"] for line in lines]
+    assert losses["miwae"] == losses["iwae"]

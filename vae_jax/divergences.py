@@ -37,7 +37,7 @@ class KlParts(NamedTuple):
 def log_gaussian_pairs(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """log N(z_i,d | mean_j,d, exp(logvar_j,d)) of every pair: z [n, D], mean and logvar
     [m, D] -> [n, m, D], per dimension."""
-    z = z[:, None, :]
+    z, mean, logvar = z[:, None, :], mean[None], logvar[None]
     return -0.5 * (jnp.square(z - mean) * jnp.exp(-logvar) + logvar + 2.0 * _HALF_LOG_2PI)
 
 
@@ -74,10 +74,12 @@ def kl_decomposition(
     """The decomposition of Chen et al. (2018) for one draw z_i ~ q(z|x_i) per image.
 
     q(z) = 1/N sum_n q(z|x_n) is the aggregate posterior over the N = `dataset_size`
-    training images, estimated from the batch: `mws` weighs each q(z_i|x_j) by 1/(N M),
-    `mss` by the stratified weights (`stratified_log_weights`); prod_d q(z_d) likewise,
-    dimension by dimension. With N the batch's own size and `mws`, q(z) is the batch's
-    exact aggregate posterior (what `evaluate` reports).
+    training images, estimated from the M images of the batch: `mws` weighs each
+    q(z_i|x_j) by 1/(N M), `mss` by the stratified weights (`stratified_log_weights`),
+    which sum to 1 over j; prod_d q(z_d) likewise, dimension by dimension. So where every
+    image has the same posterior, `mss` gives 0 for all three parts, and `mws` log N,
+    (D - 1) log N and -D log N: its known bias. `aggregate_information` gives the exact
+    values of a set of images (what `evaluate` reports).
 
     Args:
       z: [M, D] one draw per image; mean, logvar: [M, D], each image's diagonal Gaussian.

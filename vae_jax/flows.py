@@ -42,7 +42,8 @@ class MaskedDense(nn.Module):
         mask = jnp.asarray(self.mask, jnp.float32)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), mask.shape)
         bias = self.param("bias", nn.initializers.zeros, mask.shape[-1:])
-        return jnp.dot(x.astype(self.dtype), (kernel * mask).astype(self.dtype)) + bias
+        y = jnp.dot(x.astype(self.dtype), (kernel * mask).astype(self.dtype))
+        return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
 
 
 class IAFStep(nn.Module):
