@@ -5,11 +5,14 @@ Where things are.
     models.py     VAE, HierarchicalVAE: the model interface; Encoder, Decoder, conv ones
     convolutional.py  the VampPrior paper's ConvHVAE, as the networks of a HierarchicalVAE
     priors.py     StandardNormalPrior, VampPrior, MixtureOfGaussiansPrior
+    flows.py      IAF: an inverse autoregressive flow for q(z|x)
     likelihoods.py  p(x|z) as a value of the model: Bernoulli, Gaussian, ... or a function
     losses.py     per-image likelihoods, KL, ELBO, IWAE bound, free bits
     inputs.py     the one boundary for images: dtype, shape and values checked
     precision.py  full float32 matmuls for every reported number; a choice for training
-    objective.py  Objective: what a step minimises (static), and its batch loss
+    objective.py  Objective: what a step minimises (static), and its batch loss: the ELBO,
+                  IWAE, MIWAE, CIWAE, PIWAE, beta-TCVAE, InfoVAE, WAE-MMD
+    divergences.py  the KL's decomposition (beta-TCVAE), MMD: their estimators
     schedules.py  KL-weight schedules;  optim.py: optimisers and learning-rate schedules
     train.py      create_train_state, train_step, train_epoch (one lax.scan per epoch)
     bounds.py     the test ELBO, importance-weighted bounds (NLL), latent diagnostics
@@ -17,7 +20,9 @@ Where things are.
   Data: data.py (which copy to read; TFDS and IDX readers), download.py (verified fetch).
   The run: config.py (every setting), workdir.py (the run's files, lock, load_model),
     checkpoint.py (orbax), plots.py, summaries.py (writers), run.py (train_and_evaluate,
-    as named pieces, with callbacks), cli.py (the commands' flag errors).
+    as named pieces, with callbacks), cli.py (the commands' flag errors), folders.py
+    (a folder a failed command made is removed again).
+  Trained models: pretrained/ (names, card, load: the shipped weights, checked).
   Commands: main.py (python -m vae_jax.main), evaluate.py (python -m vae_jax.evaluate).
 
 `import vae_jax` loads the maths only: `train_and_evaluate` (orbax, matplotlib) is
@@ -28,6 +33,7 @@ import importlib
 
 from vae_jax.config import Config
 from vae_jax.errors import InputError
+from vae_jax.flows import IAF
 from vae_jax.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, Laplace
 from vae_jax.losses import (
     bernoulli_nll,
@@ -77,6 +83,7 @@ __all__ = [
     "GatedDense",
     "Gaussian",
     "HierarchicalVAE",
+    "IAF",
     "MixtureOfGaussiansPrior",
     "PosteriorDraw",
     "StandardNormalPrior",
