@@ -419,7 +419,7 @@ def test_no_function_of_the_package_is_over_60_lines():
     package = pathlib.Path(__file__).resolve().parents[1] / "vae_jax"
     long = [
         f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-        for path in sorted(package.glob("*.py"))
+        for path in sorted(package.rglob("*.py"))
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
         and node.end_lineno - node.lineno + 1 > 60

@@ -135,20 +135,20 @@ def aggregate_information(
     return jnp.mean(log_q_given_x - log_q), jnp.mean(log_q - log_marginals)
 
 
-def imq_kernel(scale: float):
-    """k(a, b) = C / (C + |a - b|^2), the inverse multiquadratic kernel of WAE, C = `scale`."""
+def imq_kernel(c: float):
+    """k(a, b) = C / (C + |a - b|^2), the inverse multiquadratic kernel of WAE, C = `c`."""
 
     def kernel(squared_distance):
-        return scale / (scale + squared_distance)
+        return c / (c + squared_distance)
 
     return kernel
 
 
-def rbf_kernel(scale: float):
-    """k(a, b) = exp(-|a - b|^2 / C), the Gaussian (RBF) kernel, C = `scale`."""
+def rbf_kernel(c: float):
+    """k(a, b) = exp(-|a - b|^2 / C), the Gaussian (RBF) kernel, C = `c`."""
 
     def kernel(squared_distance):
-        return jnp.exp(-squared_distance / scale)
+        return jnp.exp(-squared_distance / c)
 
     return kernel
 
@@ -175,8 +175,7 @@ def mmd_squared(
     """
     if kernel not in MMD_KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {MMD_KERNELS}")
-    scale = kernel_scale(x.shape[-1], bandwidth)
-    k = (imq_kernel if kernel == "imq" else rbf_kernel)(scale)
+    k = (imq_kernel if kernel == "imq" else rbf_kernel)(kernel_scale(x.shape[-1], bandwidth))
     weights = jnp.ones(x.shape[:1], jnp.float32) if weights is None else weights
     pair_weights = weights[:, None] * weights[None, :]
     off_diagonal = pair_weights * (1.0 - jnp.eye(x.shape[0]))

@@ -96,11 +96,9 @@ def evaluate_run(
             NUM_PARTS if show_progress or partial_path else 1,
         )
         value, stderr = bounds.mean_and_stderr(neg_bound)
-        results["bounds"][str(num_samples)] = {
-            "neg_bound": value,
-            "stderr": stderr,
-            "time_s": partial.time_s(f"-L_{num_samples}"),  # a resumed one's parts included
-        }
+        # time_s: a resumed evaluation's earlier parts included.
+        seconds = partial.time_s(f"-L_{num_samples}")
+        results["bounds"][str(num_samples)] = dict(neg_bound=value, stderr=stderr, time_s=seconds)
     results.update(_nll_of(results["bounds"]))
     # fold_in(key, 0): no bound's key (those are fold_in(key, k), k >= 1).
     diagnostics = latent_diagnostics(model, params, test_images, jax.random.fold_in(key, 0))
@@ -404,19 +402,7 @@ def evaluate_workdir(
     spherical,
 ) -> dict:
     """Scores a run's model on its test set; writes eval.json and the pictures to `folder`."""
-    # Only the test split is used: read one training image, not all of them.
-    dataset = data.load_dataset(
-        config.dataset, data_dir, num_train=1, allow_download=config.download
-    )
-    test_images = data.eval_inputs(dataset.test_images, config.binarization)
-    test_labels = dataset.test_labels
-    if num_images > len(test_images):
-        raise InputError(
-            f"--num_images={num_images} exceeds the {len(test_images)} test images of "
-            f"{config.dataset}; pass at most {len(test_images)}, or 0 for all"
-        )
-    if num_images:
-        test_images, test_labels = test_images[:num_images], test_labels[:num_images]
+    dataset, test_images, test_labels = _test_set(config, data_dir, num_images)
     protocol = run_protocol(config, which_params)
     partial_path = os.path.join(folder, PARTIAL_FILE)
     results = evaluate_run(
@@ -455,6 +441,22 @@ def evaluate_workdir(
     print(format_table(results, protocol))
     print(f"wrote {EVAL_FILE} and {', '.join(results['pictures'])} to {folder}")
     return results
+
+
+def _test_set(config, data_dir, num_images: int):
+    """(dataset, the first `num_images` test inputs (0: all) and their labels) of a run."""
+    # Only the test split is used: read one training image, not all of them.
+    dataset = data.load_dataset(
+        config.dataset, data_dir, num_train=1, allow_download=config.download
+    )
+    test_images = data.eval_inputs(dataset.test_images, config.binarization)
+    if num_images > len(test_images):
+        raise InputError(
+            f"--num_images={num_images} exceeds the {len(test_images)} test images of "
+            f"{config.dataset}; pass at most {len(test_images)}, or 0 for all"
+        )
+    count = num_images or len(test_images)
+    return dataset, test_images[:count], dataset.test_labels[:count]
 
 
 def run_protocol(config, which_params: str) -> dict:

@@ -301,19 +301,8 @@ class Objective:
             return jnp.sum(weights * values) / num_images
 
         recon, kl = batch_mean(terms.recon), batch_mean(terms.kl)
-        if self.free_bits > 0:
-            if apply_fn({"params": params}, draw, method=closed_form_kl) is None:
-                raise ValueError("free_bits needs a closed-form KL: one layer, prior N(0, I)")
-            value = recon + beta * free_bits_kl(*draw.gaussians[0], weights, self.free_bits)
-        elif self.bound == "btcvae":
-            parts = self._kl_parts(params, apply_fn, draw, weights)
-            weighted = parts.mutual_information + self.tc_weight * parts.total_correlation
-            value = recon + beta * batch_mean(weighted + parts.dimensionwise_kl)
-        elif self.bound in MMD_BOUNDS:
-            divergence = self._mmd(params, apply_fn, draw, key, weights)
-            value = (recon if self.bound == "wae" else batch_mean(terms.loss)) + (
-                self.mmd_weight * divergence
-            )
+        if surrogate is None and self.bound in ("elbo", "btcvae", *MMD_BOUNDS):
+            value = self._batch_value(params, apply_fn, terms, draw, key, beta, weights)
         else:
             value = batch_mean(terms.loss)
         if surrogate is not None:
@@ -321,6 +310,28 @@ class Objective:
             value = jax.lax.stop_gradient(value) + surrogate - jax.lax.stop_gradient(surrogate)
         metrics = {"objective": value, "loss": recon + beta * kl, "recon": recon, "kl": kl}
         return value, metrics
+
+    def _batch_value(self, params, apply_fn, terms, draw, key, beta, weights) -> jax.Array:
+        """The value of the objectives that need more than each image's terms: the ELBO
+        with free bits, beta-TCVAE and the MMD objectives (else the terms' mean)."""
+
+        def batch_mean(values):
+            return jnp.sum(weights * values) / jnp.sum(weights)
+
+        recon = batch_mean(terms.recon)
+        if self.free_bits > 0:
+            if apply_fn({"params": params}, draw, method=closed_form_kl) is None:
+                raise ValueError("free_bits needs a closed-form KL: one layer, prior N(0, I)")
+            return recon + beta * free_bits_kl(*draw.gaussians[0], weights, self.free_bits)
+        if self.bound == "btcvae":
+            parts = self._kl_parts(params, apply_fn, draw, weights)
+            weighted = parts.mutual_information + self.tc_weight * parts.total_correlation
+            return recon + beta * batch_mean(weighted + parts.dimensionwise_kl)
+        if self.bound in MMD_BOUNDS:
+            divergence = self._mmd(params, apply_fn, draw, key, weights)
+            base = recon if self.bound == "wae" else batch_mean(terms.loss)
+            return base + self.mmd_weight * divergence
+        return batch_mean(terms.loss)
 
     def _kl_parts(self, params, apply_fn, draw: PosteriorDraw, weights) -> KlParts:
         """btcvae's split of each draw's KL, from the batch (`divergences.kl_decomposition`)."""

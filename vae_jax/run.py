@@ -82,12 +82,8 @@ def train_and_evaluate(
     A workdir holding a checkpoint resumes from its newest one: the result is the same,
     bit for bit, as a run that was never interrupted. `should_stop` is polled after each
     epoch; when it returns True (in any process) the run writes a checkpoint and returns
-    early. The workdir is locked for the whole run (`workdir.lock`).
-
-    `should_finish` is polled after each epoch too: when it returns True the run ends
-    there for good, as early stopping ends it: its final parameters and pictures are
-    written, its last record says `"finished_early": true`, and a later call answers that
-    it is finished.
+    early. `should_finish` too: True ends the run for good, as early stopping does (its
+    last record says `"finished_early": true`). The workdir is locked for the whole run.
 
     Each epoch's record goes to metrics.jsonl, the console, `writers`
     (`vae_jax.summaries.Writer`: W&B, MLflow, ...) and, with `config.tensorboard`,
@@ -102,8 +98,8 @@ def train_and_evaluate(
     Raises ImportError at once when the [all] extra is missing, and InputError, before
     any training and without touching an earlier run's files, when the config, data or
     checkpoint are unusable or another process uses the workdir, and after writing the
-    metrics of the epoch where training diverged (the last good checkpoint stays). A
-    workdir it made for a run that failed before writing anything is removed again.
+    metrics of the epoch where training diverged (the last good checkpoint stays); a
+    workdir it made for a run that failed before writing anything is removed.
     """
     config.validate()
     errors.require_command_extra(
