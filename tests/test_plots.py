@@ -102,3 +102,23 @@ def test_latent_projection_is_pca_above_two_dimensions():
     same, labels2 = plots.latent_projection(means[:, :2])
     assert labels2 == ("z_1", "z_2")
     np.testing.assert_array_equal(same, means[:, :2])
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_png_files_hold_exactly_the_pixels_written(channels, tmp_path):
+    pixels = np.random.default_rng(channels).integers(0, 256, (7, 5, channels), dtype=np.uint8)
+    plots.write_png(str(tmp_path / "p.png"), pixels)
+    read = np.rint(matplotlib.image.imread(tmp_path / "p.png") * 255).astype(np.uint8)
+    np.testing.assert_array_equal(read.reshape(pixels.shape), pixels)
+
+
+def test_counts_below_one_are_refused(tiny, tmp_path):
+    model, params, images = tiny
+    with pytest.raises(ValueError, match="num_columns must be a positive int, got 0"):
+        plots.tile_images(images, SHAPE, 0)
+    with pytest.raises(ValueError, match=r"len\(images\) must be a positive int, got 0"):
+        plots.tile_images(images[:0], SHAPE, 4)
+    with pytest.raises(ValueError, match="num_steps must be an int of at least 2"):
+        plots.interpolate_latents(np.zeros(2), np.ones(2), 1)
+    with pytest.raises(ValueError, match="num_steps must be a positive int, got 0"):
+        plots.save_traversals(model, params, images[0], [0], SHAPE, tmp_path / "t.png", num_steps=0)

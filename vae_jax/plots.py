@@ -38,6 +38,7 @@ def _integer_epochs(axes) -> None:
 
 def tile_images(images: np.ndarray, image_shape: Sequence[int], num_columns: int) -> np.ndarray:
     """[n, pixels] in [0, 1] -> one [rows * (h + PAD) + PAD, cols * (w + PAD) + PAD, c] mosaic."""
+    _check_count(num_columns=num_columns, **{"len(images)": len(images)})
     height, width, channels = image_shape
     images = np.asarray(images, np.float32).reshape(-1, height, width, channels)
     num_rows = -(-len(images) // num_columns)
@@ -50,6 +51,13 @@ def tile_images(images: np.ndarray, image_shape: Sequence[int], num_columns: int
         left = PAD + (i % num_columns) * (width + PAD)
         mosaic[top : top + height, left : left + width] = image
     return mosaic
+
+
+def _check_count(**counts) -> None:
+    """ValueError naming the first count that is not a positive int."""
+    for name, value in counts.items():
+        if not (isinstance(value, int | np.integer) and value >= 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def save_mosaic(mosaic: np.ndarray, path: str) -> None:
@@ -121,8 +129,10 @@ def interpolate_latents(z0: np.ndarray, z1: np.ndarray, num_steps: int, spherica
     """Points from z0 to z1, ends included: [latent] x 2 -> [num_steps, latent].
 
     Linear, or spherical (slerp), which keeps the norm typical of N(0, I) samples
-    instead of cutting through the low-density centre.
+    instead of cutting through the low-density centre. `num_steps` >= 2.
     """
+    if not (isinstance(num_steps, int | np.integer) and num_steps >= 2):
+        raise ValueError(f"num_steps must be an int of at least 2 (the ends), got {num_steps!r}")
     z0, z1 = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
     t = np.linspace(0.0, 1.0, num_steps)[:, None]
     if not spherical:
@@ -163,6 +173,7 @@ def save_traversals(
 ) -> None:
     """One row per latent dimension in `dims`: that coordinate of the image's posterior
     mean swept over [-span, span], the others held."""
+    _check_count(num_steps=num_steps, dims=len(dims))
     center = _posterior_means(model, params, np.asarray(image)[None])[0]
     values = np.linspace(-span, span, num_steps)
     z = np.repeat(center[None], len(dims) * num_steps, axis=0)
@@ -175,6 +186,7 @@ def save_manifold(model, params, image_shape, path, grid_size: int = 20) -> None
     """For a 2-d latent: decoded grid over the N(0, I) quantiles 0.05 .. 0.95 of each axis."""
     from statistics import NormalDist
 
+    _check_count(grid_size=grid_size)
     if tuple(model.latent_sizes) != (2,):
         raise ValueError(f"the manifold picture needs one 2-d latent, got {model.latent_sizes}")
     quantiles = [NormalDist().inv_cdf(q) for q in np.linspace(0.05, 0.95, grid_size)]
