@@ -156,7 +156,10 @@ def finished_run(config: Config) -> dict[str, Any] | None:
     if history[-1]["epoch"] < config.epochs and not stopped_early:
         return None
     if parallel.is_writer():
-        how = "stopped early by its validation ELBO at" if stopped_early else "finished:"
+        how = "finished:"
+        if stopped_early:
+            by = "should_finish" if history[-1].get(FINISHED_EARLY) else "its validation ELBO"
+            how = f"stopped early by {by} at"
         longer = "" if stopped_early else "--epochs=N to train longer, "
         print(
             f"{how} epoch {history[-1]['epoch']} of {config.epochs} in {folder}; "
