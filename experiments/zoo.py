@@ -40,11 +40,16 @@ from vae_jax.workdir import write_params as write_weights
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS or IDX folder; unset: the cache.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/zoo", "Where the runs and evaluations go.")
+_EPOCHS = flags.DEFINE_integer(
+    "epochs", None, "train: override the model's epochs (a rehearsal; the card says so)."
+)
+_NLL_SAMPLES = flags.DEFINE_integer(
+    "nll_samples", 5000, "score: k of the NLL estimate (5000; less only to rehearse)."
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = os.path.join(REPO, "vae_jax", "pretrained")
+SHIPPED = os.path.dirname(pretrained.__file__)  # the package's, wherever it is imported from
 CONTEXT_FILE = "zoo_context.json"
-NLL_SAMPLES = (1, 50, 5000)
 CHECK = dict(num_images=1000, num_samples=100)  # the slice the tests score again
 
 
@@ -107,9 +112,15 @@ def _run_dir(name: str) -> str:
     return os.path.join(_WORKDIR.value, name)
 
 
+def model_flags(name: str) -> list[str]:
+    """The flags of `python -m vae_jax.main` that train `name` (with --epochs' override)."""
+    kept = [flag for flag in MODELS[name].flags if not (_EPOCHS.value and "--epochs=" in flag)]
+    return kept + ([f"--epochs={_EPOCHS.value}"] if _EPOCHS.value else [])
+
+
 def training_command(name: str) -> str:
     """The command that trains `name`, as a user types it (data from the download cache)."""
-    return " ".join(["python -m vae_jax.main", f"--workdir=runs/zoo/{name}", *MODELS[name].flags])
+    return " ".join(["python -m vae_jax.main", f"--workdir=runs/zoo/{name}", *model_flags(name)])
 
 
 def machine() -> str:
@@ -152,11 +163,11 @@ def train(name: str) -> None:
     context_path = os.path.join(folder, CONTEXT_FILE)
     if not os.path.exists(context_path):  # a resumed run keeps where it started
         with open(context_path, "w") as f:
-            json.dump(context(), f, indent=2)
+            json.dump({**context(), "command": training_command(name)}, f, indent=2)
     command = [sys.executable, "-m", "vae_jax.main", f"--workdir={folder}", "--checkpoint_every=5"]
     if _DATA_DIR.value:
         command.append(f"--data_dir={_DATA_DIR.value}")
-    sys.exit(subprocess.run([*command, *MODELS[name].flags]).returncode)
+    sys.exit(subprocess.run([*command, *model_flags(name)]).returncode)
 
 
 def _training_facts(name: str, folder: str, averaged: bool) -> dict:
@@ -165,7 +176,7 @@ def _training_facts(name: str, folder: str, averaged: bool) -> dict:
         where = json.load(f)
     seconds = sum(r["epoch_time_s"] + r.get("compile_time_s", 0.0) for r in history)
     return {
-        "command": training_command(name),
+        "command": where.pop("command", training_command(name)),
         "zoo_command": f"python experiments/zoo.py train {name}",
         "epochs": history[-1]["epoch"],
         "time_min": round(seconds / 60, 1),
@@ -251,7 +262,7 @@ def score(name: str) -> None:
         "vae_jax.evaluate",
         f"--pretrained={name}",
         f"--workdir={folder}",
-        f"--num_samples={','.join(map(str, NLL_SAMPLES))}",
+        f"--num_samples={','.join(str(k) for k in sorted({1, 50, _NLL_SAMPLES.value}))}",
     ]
     if _DATA_DIR.value:
         command.append(f"--data_dir={_DATA_DIR.value}")
