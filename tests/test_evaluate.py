@@ -170,7 +170,7 @@ def test_evaluate_counts_at_their_edges(idx_dir, tmp_path):
     flags = ["--epochs=1", "--latent=2", "--hidden_sizes=16"]
     train_then_evaluate(idx_dir, workdir, flags, ["--num_images=1", "--num_samples=1,3"])
     run = vae_jax.load_model(str(workdir))
-    for num_images in (2, 3, 10, 17):  # below the pictures' sizes: numbers, fewer rows
+    for num_images in (2, 11):  # below the pictures' sizes: numbers, fewer rows
         results = evaluate.evaluate_workdir(
             str(workdir), *run[:3], (2,), data_dir=str(idx_dir), num_images=num_images,
             spherical=False,
@@ -180,8 +180,6 @@ def test_evaluate_counts_at_their_edges(idx_dir, tmp_path):
     for flag, message in (
         ("--num_images=-5", "--num_images must be >= 0 (0 = all), got -5"),
         ("--num_images=5000", "--num_images=5000 exceeds the 1024 test images"),
-        ("--num_samples=0", "--num_samples must be positive integers, got 0"),
-        ("--num_samples=-3,5", "--num_samples must be positive integers"),
     ):
         result = run_module("vae_jax.evaluate", f"--workdir={workdir}", flag)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr

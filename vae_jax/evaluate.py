@@ -40,6 +40,9 @@ from vae_jax.train import run_keys
 EVAL_FILE = "eval.json"
 PARTIAL_FILE = "eval_partial.npz"  # the bounds scored so far, while an evaluation runs
 NUM_PARTS = 20  # of the test images, each a compiled call and a save of PARTIAL_FILE
+# I(x; z) and TC(z) are of these first test images' aggregate posterior: their n^2 pairs
+# take 0.3 s for 1,000 images and 26 s for 10,000 on 2 CPU cores.
+INFORMATION_IMAGES = 2000
 # --params: which of a run's parameter files to score.
 PARAMS_FILES = {"final": workdir.PARAMS_FILE, "best": workdir.BEST_PARAMS_FILE}
 
@@ -198,8 +201,9 @@ def negative_bound_in_parts(
 def latent_diagnostics(model, params, images, key: jax.Array | None = None) -> dict:
     """The posterior means' activity and KL per dimension, layer by layer (`layers`) and
     for all layers together, with the count of active units; with `key`, the mutual
-    information I(x; z) and the total correlation of z under the images' aggregate
-    posterior (`divergences.aggregate_information`, one draw of `key` per image), in nats.
+    information I(x; z) and the total correlation of z under the aggregate posterior of
+    the first `INFORMATION_IMAGES` images (`divergences.aggregate_information`, one draw
+    of `key` per image), in nats: I(x; z) is then at most log 2000 = 7.6.
 
     Those two are of the posterior's top Gaussian layer, which q draws from x alone
     (`information_of` names it): z of a one-layer model, the top z_L of a hierarchy, and
@@ -227,7 +231,7 @@ def latent_diagnostics(model, params, images, key: jax.Array | None = None) -> d
         "latent": sum(model.latent_sizes),
     }
     if key is not None:
-        mean, logvar = (jnp.asarray(v) for v in gaussians[-1])
+        mean, logvar = (jnp.asarray(v)[:INFORMATION_IMAGES] for v in gaussians[-1])
         z = mean + jax.random.normal(key, mean.shape) * jnp.exp(0.5 * logvar)
         information, correlation = aggregate_information(z, mean, logvar)
         top = "z" if len(gaussians) == 1 else f"z_{len(gaussians)}"
@@ -236,6 +240,7 @@ def latent_diagnostics(model, params, images, key: jax.Array | None = None) -> d
             mutual_information=float(information),
             total_correlation=float(correlation),
             information_of="z_0, the Gaussian the flow starts from" if flowing else top,
+            information_num_images=int(mean.shape[0]),
         )
     return diagnostics
 
