@@ -32,9 +32,9 @@ else
   quick=() scoring=()
   shipped=vae_jax/pretrained
 fi
-zoo() { python3 experiments/zoo.py "$@" --workdir="$WORK" --data_dir="$DATA"; }
-step train "$train_limit" zoo train "$MODEL" "${quick[@]}" &&
-  step ship 60 zoo ship "$MODEL" &&
-  step score "$score_limit" zoo score "$MODEL" "${scoring[@]}" &&
+zoo=(python3 experiments/zoo.py --workdir="$WORK" --data_dir="$DATA")
+step train "$train_limit" "${zoo[@]}" train "$MODEL" "${quick[@]}" &&
+  step ship 60 "${zoo[@]}" ship "$MODEL" &&
+  step score "$score_limit" "${zoo[@]}" score "$MODEL" "${scoring[@]}" &&
   cp "$shipped/$MODEL.msgpack" "$shipped/$MODEL.json" "$OUT/"
 cat "$OUT/summary.txt"

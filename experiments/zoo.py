@@ -253,7 +253,7 @@ def check_bound(name: str, test_images: np.ndarray) -> float:
 
 def score(name: str) -> None:
     card = pretrained.card(name)
-    folder = _run_dir(name) + ".eval"
+    folder = os.path.abspath(_run_dir(name) + ".eval")
     if os.path.exists(os.path.join(folder, EVAL_FILE)):
         os.remove(os.path.join(folder, EVAL_FILE))
     command = [
@@ -265,8 +265,12 @@ def score(name: str) -> None:
         f"--num_samples={','.join(str(k) for k in sorted({1, 50, _NLL_SAMPLES.value}))}",
     ]
     if _DATA_DIR.value:
-        command.append(f"--data_dir={_DATA_DIR.value}")
-    subprocess.run(command, check=True)
+        command.append(f"--data_dir={os.path.abspath(_DATA_DIR.value)}")
+    # From the package this script imported (not the current folder's, which `-m` would
+    # put first): the one the card was just shipped into.
+    package_root = os.path.dirname(os.path.dirname(SHIPPED))
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, *sys.path])}
+    subprocess.run(command, check=True, cwd=os.path.dirname(folder), env=environment)
     with open(os.path.join(folder, EVAL_FILE)) as f:
         results = json.load(f)
     test_images = data.load_dataset(card["config"]["dataset"], _DATA_DIR.value).test_images
