@@ -163,7 +163,12 @@ def train(name: str) -> None:
     context_path = os.path.join(folder, CONTEXT_FILE)
     if not os.path.exists(context_path):  # a resumed run keeps where it started
         with open(context_path, "w") as f:
-            json.dump({**context(), "command": training_command(name)}, f, indent=2)
+            rehearsal = f" --epochs={_EPOCHS.value}" if _EPOCHS.value else ""
+            commands = {
+                "command": training_command(name),
+                "zoo_command": f"python experiments/zoo.py train {name}{rehearsal}",
+            }
+            json.dump({**context(), **commands}, f, indent=2)
     command = [sys.executable, "-m", "vae_jax.main", f"--workdir={folder}", "--checkpoint_every=5"]
     if _DATA_DIR.value:
         command.append(f"--data_dir={_DATA_DIR.value}")
@@ -177,7 +182,7 @@ def _training_facts(name: str, folder: str, averaged: bool) -> dict:
     seconds = sum(r["epoch_time_s"] + r.get("compile_time_s", 0.0) for r in history)
     return {
         "command": where.pop("command", training_command(name)),
-        "zoo_command": f"python experiments/zoo.py train {name}",
+        "zoo_command": where.pop("zoo_command", f"python experiments/zoo.py train {name}"),
         "epochs": history[-1]["epoch"],
         "time_min": round(seconds / 60, 1),
         "time_is": "the epochs' training time, compilation included; the per-epoch test "
