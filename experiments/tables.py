@@ -65,6 +65,7 @@ import statistics
 import sys
 
 import jax
+import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -365,6 +366,25 @@ def reference_table():
     )
 
 
+def _train_and_score_on(table: str, name: str, config: Config, test_images: np.ndarray):
+    """(config, history, results): a run trained, then -L_1 and -L_--nll_samples of
+    `test_images` with the same draws for every run of the table (its <table>.json)."""
+    config, history = train(table, name, config)
+    model, params, _, _ = load_model(config.workdir)
+    results = evaluate_run(
+        model,
+        params,
+        test_images,
+        run_keys(0).eval,  # The same draws for every model.
+        (1, _NLL_SAMPLES.value),
+        mesh=parallel.data_mesh(),
+        show_progress=False,
+    )
+    with open(os.path.join(config.workdir, f"{table}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return config, history, results
+
+
 def likelihood_table():
     epochs = _EPOCHS.value or 5
     dataset = data.load_dataset("mnist", _DATA_DIR.value)
@@ -384,19 +404,7 @@ def likelihood_table():
     ]
     histories = {}
     for name, config in runs.items():
-        config, history = train("likelihood", name, config)
-        model, params, _, _ = load_model(config.workdir)
-        results = evaluate_run(
-            model,
-            params,
-            test_images,
-            run_keys(0).eval,  # The same draws for every model.
-            (1, _NLL_SAMPLES.value),
-            mesh=parallel.data_mesh(),
-            show_progress=False,
-        )
-        with open(os.path.join(config.workdir, "likelihood.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        config, history, results = _train_and_score_on("likelihood", name, config, test_images)
         label = "ELBO" if config.objective == "elbo" else f"IWAE, k = {config.num_samples}"
         train_time = sum(r["epoch_time_s"] for r in history)
         lines.append(
@@ -568,22 +576,8 @@ def objectives_table():
     ]
     histories = {}
     for name in names:
-        base = Config(binarization="dynamic", epochs=epochs)
-        config, history = train(
-            "objectives", name, dataclasses.replace(base, **OBJECTIVE_RUNS[name])
-        )
-        model, params, _, _ = load_model(config.workdir)
-        results = evaluate_run(
-            model,
-            params,
-            test_images,
-            run_keys(0).eval,  # The same draws for every model.
-            (1, _NLL_SAMPLES.value),
-            mesh=parallel.data_mesh(),
-            show_progress=False,
-        )
-        with open(os.path.join(config.workdir, "objectives.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        settings = Config(binarization="dynamic", epochs=epochs, **OBJECTIVE_RUNS[name])
+        config, history, results = _train_and_score_on("objectives", name, settings, test_images)
         flags = ", ".join(f"--{k}={v}" for k, v in OBJECTIVE_RUNS[name].items()) or "defaults"
         lines.append(
             f"| {name} | `{flags}` | {_bound(results, 1)} | "
