@@ -32,16 +32,22 @@ MATMUL_PRECISION = "highest"
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = MATMUL_PRECISION
 jax.config.update("jax_default_matmul_precision", MATMUL_PRECISION)
 
-_COMPILATION_CACHE = pytest.StashKey[str]()
+_CACHE_ENV = "VAE_JAX_TESTS_COMPILATION_CACHE"
+_OWNED_CACHE = pytest.StashKey[str]()
 
 
 def pytest_configure(config):
-    """One JAX compilation cache for the session, shared by this process and its
-    subprocesses: the tests' many `python -m vae_jax.main` runs compile the same
-    programs, and XLA's compilation, not their few steps, is most of their time. Set
+    """One JAX compilation cache for the session, shared by every pytest-xdist worker
+    and every subprocess: the tests' many `python -m vae_jax.main` runs, and the workers'
+    tests, compile the same programs, and XLA's compilation, not their few steps, is
+    most of their time. Made by the first process (the controller, which starts the
+    workers after this hook, so they inherit it) and removed by it at the end; set
     before any test module is imported, so before the first compilation."""
-    folder = tempfile.mkdtemp(prefix="vae_jax_tests_compiled_")
-    config.stash[_COMPILATION_CACHE] = folder
+    folder = os.environ.get(_CACHE_ENV)
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="vae_jax_tests_compiled_")
+        os.environ[_CACHE_ENV] = folder
+        config.stash[_OWNED_CACHE] = folder
     settings = {
         "jax_compilation_cache_dir": folder,
         "jax_persistent_cache_min_compile_time_secs": 0,
@@ -53,7 +59,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(config.stash.get(_COMPILATION_CACHE, ""), ignore_errors=True)
+    shutil.rmtree(config.stash.get(_OWNED_CACHE, ""), ignore_errors=True)
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

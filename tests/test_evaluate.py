@@ -12,6 +12,7 @@ from test_precision import HIGHEST, dots
 
 import vae_jax
 from vae_jax import bounds, data, evaluate, models
+from vae_jax.errors import InputError
 from vae_jax.train import run_keys
 
 
@@ -165,10 +166,24 @@ def test_a_stopped_evaluation_resumes_from_its_parts(tiny_vae, tmp_path):
 
 
 @pytest.mark.slow
+def tiny_trained_run(idx_dir, workdir) -> None:
+    """One epoch of a 2-d model on 512 images, trained in this process, into `workdir`."""
+    from vae_jax.config import Config
+    from vae_jax.run import train_and_evaluate
+
+    train_and_evaluate(Config(
+        data_dir=str(idx_dir), workdir=str(workdir), num_train=512, batch_size=128, epochs=1,
+        latent=(2,), hidden_sizes=(16,), tensorboard=False,
+    ))  # fmt: skip
+
+
 def test_evaluate_counts_at_their_edges(idx_dir, tmp_path):
     workdir = tmp_path / "w"
-    flags = ["--epochs=1", "--latent=2", "--hidden_sizes=16"]
-    train_then_evaluate(idx_dir, workdir, flags, ["--num_images=1", "--num_samples=1,3"])
+    tiny_trained_run(idx_dir, workdir)
+    result = run_module("vae_jax.evaluate", f"--workdir={workdir}", "--num_images=1",
+                        "--num_samples=1,3")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((workdir / "eval.json").read_text())["num_images"] == 1
     run = vae_jax.load_model(str(workdir))
     for num_images in (2, 11):  # below the pictures' sizes: numbers, fewer rows
         results = evaluate.evaluate_workdir(
@@ -177,22 +192,19 @@ def test_evaluate_counts_at_their_edges(idx_dir, tmp_path):
         )  # fmt: skip
         assert results["num_images"] == num_images and np.isfinite(results["nll"])
         assert json.loads((workdir / "eval.json").read_text())["num_images"] == num_images
-    for flag, message in (
-        ("--num_images=-5", "--num_images must be >= 0 (0 = all), got -5"),
-        ("--num_images=5000", "--num_images=5000 exceeds the 1024 test images"),
-    ):
-        result = run_module("vae_jax.evaluate", f"--workdir={workdir}", flag)
-        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-        assert message in result.stderr
+    with pytest.raises(InputError, match="--num_images=5000 exceeds the 1024 test images"):
+        evaluate.evaluate_workdir(
+            str(workdir), *run[:3], (2,), data_dir=str(idx_dir), num_images=5000,
+            spherical=False,
+        )  # fmt: skip
+    result = run_module("vae_jax.evaluate", f"--workdir={workdir}", "--num_images=-5")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--num_images must be >= 0 (0 = all), got -5" in result.stderr
 
 
 def test_evaluate_leaves_no_data_folder_it_could_not_fill(idx_dir, tmp_path):
     workdir = tmp_path / "w"
-    result = run_module(
-        "vae_jax.main", f"--data_dir={idx_dir}", f"--workdir={workdir}", "--num_train=256",
-        "--batch_size=128", "--epochs=1", "--latent=2", "--hidden_sizes=16",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    tiny_trained_run(idx_dir, workdir)
     missing = tmp_path / "nonexistent" / "mnist"
     result = run_module("vae_jax.evaluate", f"--workdir={workdir}", f"--data_dir={missing}")
     assert result.returncode == 2 and "cannot download mnist" in result.stderr

@@ -63,6 +63,22 @@ def test_an_iaf_posterior_scores_its_draws_exactly(tiny_vae):
     assert model.apply({"params": params}, draw, method="analytic_kl") is None  # Monte Carlo
 
 
+def test_the_flax_forward_pass_decodes_a_draw_through_the_flow(tiny_vae):
+    _, _, images = tiny_vae
+    model = vae_jax.VAE(latent=3, hidden_sizes=(16,), image_size=36, flow=IAF(2, 8))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 36)), jax.random.key(1))["params"]
+    assert set(params) == {"encoder", "decoder", "flow"}  # the plain init makes the flow
+    params = {**params, "flow": _perturbed(IAF(2, 8), jnp.zeros(3))["params"]}
+    x, key = jnp.asarray(images[:5]), jax.random.key(7)
+    logits, mean, logvar = model.apply({"params": params}, x, key)
+    z0 = vae_jax.reparameterize(key, mean, logvar)
+    flowed, _ = IAF(2, 8).apply({"params": params["flow"]}, z0)
+    expected = model.apply({"params": params}, flowed, method="decode")
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    unflowed = model.apply({"params": params}, z0, method="decode")
+    assert np.abs(np.asarray(logits - unflowed)).max() > 1e-3
+
+
 def test_an_iaf_model_trains_and_its_bounds_fall_with_k(images):
     model = vae_jax.VAE(latent=8, hidden_sizes=(64,), flow=IAF(2, 32))
     state = vae_jax.create_train_state(model, jax.random.key(0), optax.adam(1e-3))

@@ -546,22 +546,27 @@ def test_miwae_of_one_group_trains_as_iwae_from_the_command_line(idx_dir, tmp_pa
     import subprocess
     import sys
 
-    common = [
+    from vae_jax.run import train_and_evaluate
+
+    settings = dict(
+        data_dir=str(idx_dir), num_train=512, batch_size=128, epochs=1, latent=(4,),
+        hidden_sizes=(32,), binarization="dynamic", tensorboard=False,
+    )  # fmt: skip
+    # The same settings as flags: MIWAE from the command line, IWAE from Python.
+    flags = [
         f"--data_dir={idx_dir}", "--num_train=512", "--batch_size=128", "--epochs=1",
         "--latent=4", "--hidden_sizes=32", "--binarization=dynamic", "--notensorboard",
     ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_jax.main", *flags, "--objective=miwae", "--num_groups=1",
+         "--num_samples=5", f"--workdir={tmp_path / 'miwae'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    iwae = Config(**settings, objective="iwae", num_samples=5, workdir=str(tmp_path / "iwae"))
+    train_and_evaluate(iwae.validate())
     losses = {}
-    for name, flags in (
-        ("iwae", ["--objective=iwae", "--num_samples=5"]),
-        ("miwae", ["--objective=miwae", "--num_groups=1", "--num_samples=5"]),
-    ):
-        result = subprocess.run(
-            [sys.executable, "-m", "vae_jax.main", *common, *flags, f"--workdir={tmp_path / name}"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("iwae", "miwae"):
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         losses[name] = [json.loads(line)["train_loss"] for line in lines]
     assert losses["miwae"] == losses["iwae"]

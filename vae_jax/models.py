@@ -340,10 +340,13 @@ class VAE(SamplesPosterior, nn.Module):
     def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x [batch, image_size] -> (logits [batch, image_size], mean, logvar [batch, latent]).
 
-        One z is drawn per image from `key`.
+        One z is drawn per image from `key` (and pushed through the flow, if there is
+        one); mean and logvar are the encoder's Gaussian.
         """
         mean, logvar = self.encoder(x)
         z = reparameterize(key, mean, logvar)
+        if self.flow is not None:
+            z, _ = self.flow(z)
         return self.decoder(z), mean, logvar
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
