@@ -75,9 +75,9 @@ def test_every_shell_command_is_tested_or_tagged(block):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("code", blocks("python"))
-def test_python_block_runs(code, request):
+def test_python_block_runs(code, request, tmp_path):
     cache = request.getfixturevalue("cache_with_mnist") if READS_MNIST.search(code) else None
-    run([sys.executable, "-c", code], REPO, cache, timeout=600)
+    run([sys.executable, "-c", code], tmp_path, cache, timeout=600)  # what it writes goes there
 
 
 @pytest.mark.slow
