@@ -18,12 +18,12 @@ SMALL = dict(latent=(4, 3), channels=(4,), hidden=16, num_decoder_convs=1)
 
 @pytest.fixture(scope="module")
 def trained(images):
-    """The small ConvHVAE with a VampPrior after 40 steps on binarized digits."""
+    """The small ConvHVAE with a VampPrior after 15 steps on 64 binarized digits."""
     model = conv_hierarchical_vae(**SMALL, prior=VampPrior(num_pseudo_inputs=10))
     state = create_train_state(model, jax.random.key(0), optax.adam(3e-3))
-    batch = data.binarize(jax.random.key(1), data.to_unit_interval(images[:128]))
+    batch = data.binarize(jax.random.key(1), data.to_unit_interval(images[:64]))
     losses = []
-    for step in range(40):
+    for step in range(15):
         state, metrics = train_step(state, batch, jax.random.key(step))
         losses.append(float(metrics["loss"]))
     return model, state.params, batch[:8], losses
