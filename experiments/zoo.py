@@ -8,7 +8,8 @@
 `train` runs `python -m vae_jax.main` with the model's flags (`MODELS`) into
 runs/zoo/NAME, first writing what the card says of the machine (commit, versions, CPU or
 GPU, date) to runs/zoo/NAME/zoo_context.json; run again, it resumes from the newest
-checkpoint. `ship` writes the run's final parameters (the moving average, where the run
+checkpoint, and records that sitting too (the card names each machine and its epochs).
+`ship` writes the run's final parameters (the moving average, where the run
 keeps one) as vae_jax/pretrained/NAME.msgpack, float32 as trained, and its card NAME.json
 without an evaluation. `score` runs `python -m vae_jax.evaluate --pretrained=NAME` on all
 10,000 test images at k = 1, 50 and 5000 (runs/zoo/NAME.eval) and puts the numbers on
@@ -25,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+from itertools import groupby
 
 import flax
 import jax
@@ -32,6 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from vae_jax import bounds, data, pretrained
+from vae_jax.checkpoint import complete_epochs
 from vae_jax.config import as_flag
 from vae_jax.evaluate import EVAL_FILE, PARAMS_FILES
 from vae_jax.train import run_keys
@@ -157,28 +160,66 @@ def context() -> dict:
     }
 
 
+def _record_sitting(folder: str, name: str) -> None:
+    """Writes where the model trains to the run's zoo_context.json: its commands and the
+    first sitting's context, then one entry in `sittings` per start (a resume may be on
+    another machine, under another commit), with the first epoch it trains."""
+    path = os.path.join(folder, CONTEXT_FILE)
+    here = context()
+    if os.path.exists(path):
+        with open(path) as f:
+            where = json.load(f)
+        # A run begun before sittings were recorded: its first one is the file's context.
+        where.setdefault("sittings", [{**{k: where[k] for k in here}, "first_epoch": 1}])
+    else:
+        rehearsal = f" --epochs={_EPOCHS.value}" if _EPOCHS.value else ""
+        commands = {
+            "command": training_command(name),
+            "zoo_command": f"python experiments/zoo.py train {name}{rehearsal}",
+        }
+        where = {**here, **commands, "sittings": []}
+    first_epoch = max(complete_epochs(folder), default=0) + 1
+    if not where["sittings"] or where["sittings"][-1]["first_epoch"] != first_epoch:
+        where["sittings"].append({**here, "first_epoch": first_epoch})
+    with open(path, "w") as f:
+        json.dump(where, f, indent=2)
+
+
 def train(name: str) -> None:
     folder = _run_dir(name)
     os.makedirs(folder, exist_ok=True)
-    context_path = os.path.join(folder, CONTEXT_FILE)
-    if not os.path.exists(context_path):  # a resumed run keeps where it started
-        with open(context_path, "w") as f:
-            rehearsal = f" --epochs={_EPOCHS.value}" if _EPOCHS.value else ""
-            commands = {
-                "command": training_command(name),
-                "zoo_command": f"python experiments/zoo.py train {name}{rehearsal}",
-            }
-            json.dump({**context(), **commands}, f, indent=2)
+    _record_sitting(folder, name)
     command = [sys.executable, "-m", "vae_jax.main", f"--workdir={folder}", "--checkpoint_every=5"]
     if _DATA_DIR.value:
         command.append(f"--data_dir={_DATA_DIR.value}")
     sys.exit(subprocess.run([*command, *model_flags(name)]).returncode)
 
 
+def _sittings_summary(where: dict, epochs: int) -> dict:
+    """`where` (a zoo_context.json) with its machine and date naming every sitting of a
+    run trained in more than one, and the epochs each trained."""
+    sittings = where.get("sittings", [])
+    lasts = [later["first_epoch"] - 1 for later in sittings[1:]] + [epochs]
+    spans = [(s, last) for s, last in zip(sittings, lasts, strict=True) if s["first_epoch"] <= last]
+    if len(spans) <= 1:  # one sitting: the context as it was first written
+        return {key: value for key, value in where.items() if key != "sittings"}
+    sittings = [sitting for sitting, _ in spans]  # less any start that trained no epoch
+    runs_on = [  # consecutive sittings on one kind of machine: one span of epochs
+        (machine, group[0][0]["first_epoch"], group[-1][1])
+        for machine, group in ((m, list(g)) for m, g in groupby(spans, lambda s: s[0]["machine"]))
+    ]
+    machine = "; ".join(f"{m} (epochs {first}-{last})" for m, first, last in runs_on)
+    if len(runs_on) == 1:
+        machine = f"{runs_on[0][0]}, in {len(spans)} sittings"
+    dates = sorted({sitting["date"] for sitting in sittings})
+    date = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    return {**where, "machine": machine, "date": date, "sittings": sittings}
+
+
 def _training_facts(name: str, folder: str, averaged: bool) -> dict:
     history = read_metrics(os.path.join(folder, METRICS_FILE))
     with open(os.path.join(folder, CONTEXT_FILE)) as f:
-        where = json.load(f)
+        where = _sittings_summary(json.load(f), history[-1]["epoch"])
     seconds = sum(r["epoch_time_s"] + r.get("compile_time_s", 0.0) for r in history)
     return {
         "command": where.pop("command", training_command(name)),
