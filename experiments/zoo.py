@@ -204,10 +204,10 @@ def _sittings_summary(where: dict, epochs: int) -> dict:
     if len(spans) <= 1:  # one sitting: the context as it was first written
         return {key: value for key, value in where.items() if key != "sittings"}
     sittings = [sitting for sitting, _ in spans]  # less any start that trained no epoch
-    runs_on = [  # consecutive sittings on one kind of machine: one span of epochs
-        (machine, group[0][0]["first_epoch"], group[-1][1])
-        for machine, group in ((m, list(g)) for m, g in groupby(spans, lambda s: s[0]["machine"]))
-    ]
+    runs_on = []  # consecutive sittings on one kind of machine: one span of epochs
+    for machine, group in groupby(spans, key=lambda span: span[0]["machine"]):
+        group = list(group)
+        runs_on.append((machine, group[0][0]["first_epoch"], group[-1][1]))
     machine = "; ".join(f"{m} (epochs {first}-{last})" for m, first, last in runs_on)
     if len(runs_on) == 1:
         machine = f"{runs_on[0][0]}, in {len(spans)} sittings"
