@@ -270,8 +270,8 @@ class Config:
         "optimisation",
         "",
         "Start from trained parameters instead of drawn ones, to fine-tune: a shipped "
-        "model's name (mnist_reference, mnist_binarized: docs/pretrained.md) or a "
-        "finished run's --workdir. The model flags must be that "
+        "model's name (mnist_reference, mnist_binarized, mnist_vamp_hierarchy: "
+        "docs/pretrained.md) or a finished run's --workdir. The model flags must be that "
         "model's; the optimiser starts afresh. Empty: parameters drawn from --seed.",
     )
     early_stop_patience: int = _field(
