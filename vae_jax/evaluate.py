@@ -493,8 +493,8 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "pretrained",
         None,
-        "Score a shipped model instead of a run: mnist_reference, mnist_binarized or "
-        "mnist_vamp_hierarchy (docs/pretrained.md). At its card's settings (all test images, "
+        f"Score a shipped model instead of a run: {', '.join(pretrained.names())} "
+        "(docs/pretrained.md). At its card's settings (all test images, "
         "--num_samples=1,50,5000) the numbers are its card's.",
     )
     flags.DEFINE_list(
